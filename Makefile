@@ -1,0 +1,26 @@
+# The two commands of the README: `make run` (main job, set-up included) and `make test`.
+VENV ?= .venv
+CONFIG ?= configs/pneumonia-quick.yaml
+DATA ?= ../shared/data/chest_xray
+
+.PHONY: run test install install-test clean
+
+run: $(VENV)/.installed
+	$(VENV)/bin/medcls run --config $(CONFIG) --data $(DATA)
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/python -m pytest
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV) test
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

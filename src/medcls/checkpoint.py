@@ -1,0 +1,108 @@
+"""One checkpoint file holding the weights and everything needed to predict:
+architecture and its arguments, input size, colour mode, normalisation, class
+names, decision threshold and temperature. Written atomically; loaded safely
+(``weights_only``) with a clear error for wrong or damaged files."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from medcls.io import atomic_path
+from medcls.models import ImageClassifier, build_model
+
+FORMAT = "medcls-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable medcls checkpoint; the message names the file and why."""
+
+
+@dataclass
+class ModelInfo:
+    arch: str
+    arch_kwargs: dict
+    classes: list[str]
+    image_size: int
+    color_mode: str
+    mean: list[float]
+    std: list[float]
+    threshold: float = 0.5  # binary: positive when p(positive) >= threshold
+    threshold_rule: str = "argmax"
+    temperature: float = 1.0
+    positive_class: Optional[str] = None
+    ordinal: bool = False
+    referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view
+    test_digest: Optional[str] = None  # SHA-256 of the frozen test split it must be evaluated on
+    config: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # optional add-ons (e.g. OOD detector state)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.color_mode == "grayscale" else 3
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+
+def build_net(info: ModelInfo) -> ImageClassifier:
+    return build_model(info.arch, info.in_channels, info.num_classes, info.image_size, info.mean, info.std,
+                       **info.arch_kwargs)
+
+
+def save_checkpoint(path: str | Path, net: torch.nn.Module, info: ModelInfo) -> Path:
+    """Write ``net``'s weights and ``info`` to ``path`` atomically."""
+    from medcls import __version__
+
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "medcls_version": __version__,
+               "info": dataclasses.asdict(info),
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
+    """Load a checkpoint: the network (eval mode, CPU) and its :class:`ModelInfo`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  torch.load raises many types for foreign or damaged bytes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a torch file but not a medcls checkpoint "
+                              f"(a Lightning training checkpoint? use the run's model.pt)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer medcls ({payload.get('medcls_version')}); upgrade")
+    try:
+        info = ModelInfo(**payload["info"])
+        net = build_net(info)
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the recorded architecture ({first})") from None
+    return net.eval(), info
+
+
+def checkpoint_summary(info: ModelInfo) -> dict[str, Any]:
+    """The facts a user or service wants to see about a model."""
+    return {"arch": info.arch, "classes": info.classes, "image_size": info.image_size,
+            "color_mode": info.color_mode, "threshold": info.threshold, "threshold_rule": info.threshold_rule,
+            "temperature": info.temperature, "positive_class": info.positive_class}

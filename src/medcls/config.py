@@ -1,0 +1,257 @@
+"""Typed run configuration: dataclasses with the one set of defaults, loaded from
+YAML presets under ``configs/`` and overridable with ``section.key=value`` strings.
+
+Every key is checked before any work starts: unknown keys, wrong types and
+impossible values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, of the wrong type or out of range."""
+
+
+def default_data_root() -> str:
+    """The chest X-ray data: ``$MEDCLS_DATA`` if set, else ``../shared/data/chest_xray``."""
+    return os.environ.get("MEDCLS_DATA", "../shared/data/chest_xray")
+
+
+def default_cache_dir() -> str:
+    """Where decoded-image caches live: ``$MEDCLS_CACHE`` or ``~/.cache/medcls``."""
+    return os.environ.get("MEDCLS_CACHE", str(Path.home() / ".cache" / "medcls"))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "pneumonia"
+    root: str = field(default_factory=default_data_root)
+    image_size: int = 224
+    color_mode: Optional[str] = None  # None: the dataset's default (grayscale X-rays, RGB fundus)
+    val_fraction: float = 0.15  # carved from train, by patient / duplicate group
+    test_fraction: float = 0.15  # only for data sets that ship no test split
+    split_seed: int = 42
+    manifest: Optional[str] = None  # reuse a split manifest CSV instead of splitting
+    exclude_conflicts: bool = True  # drop images filed under two classes from val/test
+    limit_per_class: Optional[int] = None  # per split and class; for quick runs and tests
+    batch_size: int = 32
+    cache_dir: str = field(default_factory=default_cache_dir)
+    workers: int = 0  # decode processes for the cache (0: one per core)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    rotation: float = 10.0  # degrees, +/-
+    shift: float = 0.1  # fraction of the side, +/-
+    zoom: float = 0.1  # +/- scale
+    brightness: float = 0.1  # +/- added, on [0, 1] intensities
+    contrast: float = 0.1  # +/- relative
+    hflip: bool = False  # off for X-rays: anatomy is not left-right symmetric
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "seed-cnn"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "auto"  # auto (bce for 2 classes, ce otherwise) | bce | ce
+    label_smoothing: float = 0.0
+    imbalance: str = "class_weights"  # class_weights | sampler | none
+    scheduler: str = "plateau"  # plateau | cosine | none
+    warmup_epochs: int = 0
+    lr_factor: float = 0.5  # plateau
+    lr_patience: int = 2  # plateau
+    monitor: str = "val_auc"  # metric for best checkpoint, early stopping, plateau
+    early_stopping_patience: int = 5  # 0 = off
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    channels_last: bool = False
+    ema: float = 0.0  # EMA decay of weights; 0 = off
+    seed: int = 0
+    threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    limit_train_batches: Optional[int] = None  # for quick checks
+
+
+@dataclass
+class EvalConfig:
+    threshold_rule: str = "youden"  # youden | sensitivity | f1 | fixed
+    target_sensitivity: float = 0.95  # for threshold_rule=sensitivity
+    fixed_threshold: float = 0.5
+    calibrate: bool = True  # temperature scaling on validation
+    bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
+    tta: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs"
+    name: str = "run"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    ("data", "color_mode"): {None, "grayscale", "rgb"},
+    ("train", "optimizer"): {"adam", "adamw", "sgd"},
+    ("train", "loss"): {"auto", "bce", "ce"},
+    ("train", "imbalance"): {"class_weights", "sampler", "none"},
+    ("train", "scheduler"): {"plateau", "cosine", "none"},
+    ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
+    ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
+}
+
+_RANGES = {
+    ("data", "image_size"): (8, 4096),
+    ("data", "val_fraction"): (0.0, 0.9),
+    ("data", "test_fraction"): (0.0, 0.9),
+    ("data", "batch_size"): (1, 1 << 16),
+    ("train", "epochs"): (1, 100000),
+    ("train", "lr"): (1e-12, 10.0),
+    ("train", "label_smoothing"): (0.0, 0.5),
+    ("train", "ema"): (0.0, 0.99999),
+    ("eval", "target_sensitivity"): (0.0, 1.0),
+    ("eval", "fixed_threshold"): (0.0, 1.0),
+    ("augment", "zoom"): (0.0, 0.9),
+    ("augment", "shift"): (0.0, 0.9),
+}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. precision: 32
+    base = origin or tp
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if base in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"config key '{key}': expected {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}' (known: {', '.join(sorted(names))})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' must be a mapping")
+            kwargs[key] = _build(tp, value, dotted + ".")
+        else:
+            kwargs[key] = _check_type(dotted, value, tp)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Range and choice checks across the whole config; raises :class:`ConfigError`."""
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            shown = ", ".join(sorted(str(a) for a in allowed))
+            raise ConfigError(f"config key '{section}.{key}': {value!r} is not one of {shown}")
+    for (section, key), (lo, hi) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not lo <= value <= hi:
+            raise ConfigError(f"config key '{section}.{key}': {value} is outside [{lo}, {hi}]")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
+        raise ConfigError("config keys 'data.val_fraction' + 'data.test_fraction' must be below 1")
+    if cfg.data.limit_per_class is not None and cfg.data.limit_per_class < 1:
+        raise ConfigError("config key 'data.limit_per_class' must be at least 1")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _merge(base: dict, path: list[str], value: Any) -> None:
+    node = base
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{'.'.join(path)}': '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or the defaults) and apply ``section.key=value`` overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = loaded
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _merge(values, keys, value)
+    return validate(_build(Config, values, ""))
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. stored in a checkpoint)."""
+    return validate(_build(Config, values, ""))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from medcls.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: image reading, data set registry, splits, decoded cache, augmentation."""

@@ -1,0 +1,141 @@
+"""Reading one image of any size, mode and bit depth into a uint8 array of the
+chosen colour mode and size. This is the only place pixels enter medcls."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
+COLOR_MODES = ("grayscale", "rgb")
+# Above this many pixels an image is refused (a "decompression bomb"): 200 MP
+# is far above any chest X-ray (about 3000 x 3000) or fundus photograph.
+MAX_PIXELS = 200_000_000
+
+Source = Union[str, Path, bytes]
+
+
+class ImageLoadError(ValueError):
+    """An input could not be read as an image; the message names it and says why."""
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot read image {source}: {reason}")
+
+
+def channels(color_mode: str) -> int:
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"colour mode must be one of {', '.join(COLOR_MODES)}, got {color_mode!r}")
+    return 1 if color_mode == "grayscale" else 3
+
+
+def _name(source: Source) -> str:
+    return "<bytes>" if isinstance(source, bytes) else str(source)
+
+
+def _read_bytes(source: Source) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(str(source), "file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(str(source), "is a folder, not a file") from None
+    except OSError as exc:
+        raise ImageLoadError(str(source), exc.strerror or str(exc)) from None
+
+
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """High bit-depth and float images are stretched to 0..255 by their own range."""
+    arr = np.asarray(img, dtype=np.float64)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.nan_to_num(scaled).round().astype(np.uint8), mode="L")
+
+
+def _normalise_mode(img: Image.Image, color_mode: str) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = _to_8bit(img)
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become black, the background of a radiograph.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    elif img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")  # CMYK, YCbCr, P, 1, ...
+    return img.convert("L" if color_mode == "grayscale" else "RGB")
+
+
+DicomReader = Callable[[bytes, str], Image.Image]
+_dicom_reader: DicomReader | None = None
+
+
+def set_dicom_reader(reader: DicomReader) -> None:
+    """Install the DICOM decoder (the optional ``medcls.data.dicom`` module does this)."""
+    global _dicom_reader
+    _dicom_reader = reader
+
+
+def open_image(source: Source, draft: tuple[str, int] | None = None) -> Image.Image:
+    """Open and fully decode an image (PIL formats or DICOM), EXIF orientation applied.
+
+    ``draft=(mode, size)`` lets JPEG decode at a reduced scale when only a small
+    image is wanted, which is several times faster on large originals.
+    """
+    name = _name(source)
+    data = _read_bytes(source)
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    if is_dicom(data):
+        if _dicom_reader is None:
+            try:
+                import medcls.data.dicom  # noqa: F401  (installs the reader)
+            except ImportError:
+                raise ImageLoadError(name, "is DICOM, but pydicom is not installed (pip install pydicom)") from None
+        assert _dicom_reader is not None
+        return _dicom_reader(data, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageLoadError(name, f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,}")
+            if draft is not None and img.format == "JPEG":
+                img.draft(draft[0], (draft[1], draft[1]))
+            img.load()
+        return ImageOps.exif_transpose(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image file (format not recognised)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(name, "image is too large (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from None
+
+
+def load_image(source: Source, color_mode: str = "grayscale", size: int | None = None) -> np.ndarray:
+    """Read ``source`` as a uint8 array ``(H, W, C)`` in ``color_mode``, resized to ``size`` x ``size``.
+
+    Resizing ignores the aspect ratio (as Keras' ``image_dataset_from_directory``
+    does), with bilinear interpolation and antialiasing.
+    """
+    channels(color_mode)
+    draft = ("L" if color_mode == "grayscale" else "RGB", size) if size else None
+    img = _normalise_mode(open_image(source, draft), color_mode)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr

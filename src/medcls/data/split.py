@@ -1,0 +1,130 @@
+"""Group-aware, stratified train/val/test splits and their CSV manifest.
+
+A group is a patient (or a set of duplicate images): all images of a group land
+in one split, so no patient is seen in training and again in validation or test.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from medcls.data.datasets import SPLITS, DataError, DatasetIndex, Sample
+from medcls.io import atomic_write_text
+
+Splits = dict[str, list[Sample]]
+MANIFEST_COLUMNS = ["path", "class", "label", "split", "group"]
+
+
+def _take_groups(samples: list[Sample], fraction: float, rng: np.random.Generator) -> tuple[list, list]:
+    """Move whole groups, class by class, until ``fraction`` of each class's images is taken."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.group].append(s)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for g in sorted(groups):
+        label = Counter(s.label for s in groups[g]).most_common(1)[0][0]
+        by_class[label].append(g)
+    taken: set[str] = set()
+    for label in sorted(by_class):
+        names = by_class[label]
+        target = fraction * sum(len(groups[g]) for g in names)
+        count = 0
+        for i in rng.permutation(len(names)):
+            if count >= target:
+                break
+            taken.add(names[i])
+            count += len(groups[names[i]])
+    keep = [s for s in samples if s.group not in taken]
+    take = [s for s in samples if s.group in taken]
+    return keep, take
+
+
+def make_split(index: DatasetIndex, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    """Split an index: a given ``test/`` folder is kept as test; otherwise test is carved
+    by group; validation is always carved from train by group (a given ``val/``, such as
+    Kaggle's 16 images, joins the training pool: it is too small to select anything on)."""
+    rng = np.random.default_rng(seed)
+    given_test = [s for s in index.samples if s.given_split == "test"]
+    pool = [s for s in index.samples if s.given_split != "test"]
+    if given_test:
+        test = given_test
+    else:
+        pool, test = _take_groups(pool, test_fraction, rng)
+    train, val = _take_groups(pool, val_fraction, rng)
+    splits = {"train": train, "val": val, "test": test}
+    for name, items in splits.items():
+        if not items and (name != "val" or val_fraction > 0):
+            raise DataError(f"the {name} split of {index.root} is empty")
+    return splits
+
+
+def limit_per_class(splits: Splits, limit: int | None, seed: int) -> Splits:
+    """Keep at most ``limit`` images per split and class (a random, seeded subset)."""
+    if limit is None:
+        return splits
+    rng = np.random.default_rng(seed)
+    out: Splits = {}
+    for name, items in splits.items():
+        by_label: dict[int, list[Sample]] = defaultdict(list)
+        for s in items:
+            by_label[s.label].append(s)
+        kept = []
+        for label in sorted(by_label):
+            group = by_label[label]
+            idx = sorted(rng.permutation(len(group))[:limit])
+            kept += [group[i] for i in idx]
+        out[name] = kept
+    return out
+
+
+def manifest_text(index: DatasetIndex, splits: Splits) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for name in SPLITS:
+        for s in splits.get(name, []):
+            rel = s.path.relative_to(index.root).as_posix()
+            writer.writerow([rel, index.classes[s.label], s.label, name, s.group])
+    return buf.getvalue()
+
+
+def split_digest(index: DatasetIndex, splits: Splits, split: str = "test") -> str:
+    """SHA-256 of one split's (path, label) list: identifies a frozen test set."""
+    h = hashlib.sha256()
+    for s in sorted(splits.get(split, []), key=lambda s: s.path):
+        h.update(f"{s.path.relative_to(index.root).as_posix()}\t{s.label}\n".encode())
+    return h.hexdigest()
+
+
+def write_manifest(path: str | Path, index: DatasetIndex, splits: Splits) -> None:
+    atomic_write_text(path, manifest_text(index, splits))
+
+
+def read_manifest(path: str | Path, index: DatasetIndex) -> Splits:
+    """Rebuild splits from a manifest CSV, checking it against the scanned index."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split manifest not found: {path}")
+    by_rel = {s.path.relative_to(index.root).as_posix(): s for s in index.samples}
+    splits: Splits = {name: [] for name in SPLITS}
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not set(MANIFEST_COLUMNS) <= set(reader.fieldnames):
+            raise DataError(f"{path} is not a medcls split manifest (columns {MANIFEST_COLUMNS})")
+        for row in reader:
+            sample = by_rel.get(row["path"])
+            if sample is None:
+                raise DataError(f"manifest {path} lists {row['path']}, which is not in {index.root}")
+            if row["split"] not in splits:
+                raise DataError(f"manifest {path}: unknown split '{row['split']}' for {row['path']}")
+            if index.classes[sample.label] != row["class"]:
+                raise DataError(f"manifest {path}: {row['path']} is '{row['class']}' there but in class folder "
+                                f"'{index.classes[sample.label]}' now")
+            splits[row["split"]].append(Sample(sample.path, sample.label, row["group"], sample.given_split))
+    return splits

@@ -1,0 +1,1 @@
+"""Metrics, operating points, calibration, confidence intervals and plots."""

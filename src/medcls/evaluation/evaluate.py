@@ -1,0 +1,116 @@
+"""Evaluation of a saved model on its frozen test split: metrics with bootstrap
+confidence intervals, calibration, predictions table and plots, in one folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import confusion_matrix
+
+from medcls.checkpoint import ModelInfo, load_checkpoint
+from medcls.config import config_from_dict
+from medcls.data.prepared import prepare_data
+from medcls.data.split import split_digest
+from medcls.evaluation import plots
+from medcls.evaluation.calibration import expected_calibration_error, nll
+from medcls.evaluation.metrics import binary_metrics, bootstrap_ci, multiclass_metrics, per_class_table
+from medcls.io import atomic_write_json
+from medcls.models.inference import batch_logits, logits_to_probs
+from medcls.predict import decide, prediction_rows, write_predictions
+
+console = Console(stderr=True)
+
+
+class EvaluationError(ValueError):
+    """Evaluation cannot be done honestly (e.g. the test split differs from the model's)."""
+
+
+def referable_index(info: ModelInfo) -> int | None:
+    """For ordinal grades, the first "referable" grade (from the data set definition)."""
+    ref = info.referable_from
+    return info.classes.index(ref) if ref in info.classes else None
+
+
+def score(y: np.ndarray, probs: np.ndarray, info: ModelInfo) -> dict:
+    """The headline metrics of ``probs`` against ``y`` for this model's task."""
+    if info.binary:
+        return binary_metrics(y, probs[:, 1], info.threshold)
+    return multiclass_metrics(y, probs, info.ordinal, referable_index(info))
+
+
+def resolve_checkpoint(target: str | Path) -> tuple[Path, Path]:
+    """``RUN_DIR`` or ``CHECKPOINT`` -> (checkpoint path, run folder)."""
+    target = Path(target)
+    ckpt = target / "model.pt" if target.is_dir() else target
+    return ckpt, ckpt.parent
+
+
+def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
+             bootstrap: int | None = None, quiet: bool = False) -> dict:
+    """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
+
+    Writes ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir``
+    (default: the run folder) and returns the metrics.
+    """
+    ckpt, run = resolve_checkpoint(target)
+    net, info = load_checkpoint(ckpt)
+    cfg = config_from_dict(info.config)
+    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
+    if data_root is not None:
+        data_cfg.root = str(data_root)
+    manifest = run / "manifest.csv"
+    data = prepare_data(data_cfg, manifest if manifest.is_file() else None, quiet=quiet)
+    digest = split_digest(data.index, data.splits, "test")
+    if info.test_digest and digest != info.test_digest:
+        raise EvaluationError(f"the test split found in {data.index.root} does not match the one recorded in {ckpt} "
+                              f"(files or labels differ); refusing to report numbers on a different test set")
+    out = Path(out_dir) if out_dir else run
+    out.mkdir(parents=True, exist_ok=True)
+
+    y = data.labels["test"]
+    logits = batch_logits(net, data.images("test"), cfg.data.batch_size)
+    probs = logits_to_probs(logits, info.temperature)
+    pred = decide(probs, info)
+    metrics = score(y, probs, info)
+    draws = cfg.eval.bootstrap if bootstrap is None else bootstrap
+    ci = bootstrap_ci(lambda i: score(y[i], probs[i], info), len(y), draws) if draws else {}
+    raw = logits_to_probs(logits, 1.0)
+    result = {
+        "n_test": int(len(y)), "classes": info.classes, "metrics": metrics, "ci95": ci, "bootstrap_draws": draws,
+        "threshold": info.threshold if info.binary else None, "threshold_rule": info.threshold_rule,
+        "confusion_matrix": confusion_matrix(y, pred, labels=range(len(info.classes))).tolist(),
+        "per_class": per_class_table(y, pred, info.classes),
+        "calibration": {"temperature": info.temperature, "ece": expected_calibration_error(y, probs),
+                        "ece_uncalibrated": expected_calibration_error(y, raw), "nll": nll(logits, y, info.temperature),
+                        "nll_uncalibrated": nll(logits, y, 1.0)},
+        "unreadable": data.cache.errors, "checkpoint": str(ckpt),
+    }
+    rows = [{**row, "label": info.classes[t]} for row, t in
+            zip(prediction_rows([str(p) for p in data.paths("test")], probs, info), y)]
+    write_predictions(rows, out / "predictions.csv")
+    cm = np.array(result["confusion_matrix"])
+    plots.plot_confusion(cm, info.classes, out / "confusion_matrix.png")
+    op = (metrics["recall"], metrics["specificity"]) if info.binary else None
+    plots.plot_roc(y, probs, info.classes, out / "roc.png", op)
+    plots.plot_pr(y, probs, info.classes, out / "pr.png")
+    plots.plot_reliability(y, probs, out / "reliability.png")
+    plots.plot_training_curves(run / "metrics.csv", out / "training_curves.png")
+    atomic_write_json(out / "metrics.json", result)
+    if not quiet:
+        print_metrics(result)
+    return result
+
+
+def print_metrics(result: dict) -> None:
+    table = Table(title=f"Test metrics ({result['n_test']} images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for key, value in result["metrics"].items():
+        lo_hi = result["ci95"].get(key)
+        table.add_row(key, f"{value:.4f}", f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi else "")
+    console.print(table)

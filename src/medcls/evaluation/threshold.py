@@ -1,0 +1,42 @@
+"""Operating-point selection for binary models, on validation data only."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+
+def choose_threshold(y_true: np.ndarray, p_pos: np.ndarray, rule: str, target_sensitivity: float = 0.95,
+                     fixed: float = 0.5) -> tuple[float, str]:
+    """Return ``(threshold, explanation)``; predict positive when ``p >= threshold``.
+
+    - ``youden``: maximise sensitivity + specificity - 1;
+    - ``sensitivity``: the highest threshold whose sensitivity reaches the target
+      (most specificity for the sensitivity asked for);
+    - ``f1``: maximise F1;
+    - ``fixed``: the given value.
+    """
+    if rule == "fixed":
+        return float(fixed), f"fixed threshold {fixed}"
+    if len(np.unique(y_true)) < 2:
+        return 0.5, "validation has one class only: default threshold 0.5"
+    fpr, tpr, thr = roc_curve(y_true, p_pos)
+    thr = np.clip(thr, 0.0, 1.0)  # sklearn's first threshold is +inf
+    if rule == "youden":
+        i = int(np.argmax(tpr - fpr))
+        why = f"Youden's J on validation: sensitivity {tpr[i]:.3f}, specificity {1 - fpr[i]:.3f}"
+    elif rule == "sensitivity":
+        ok = np.flatnonzero(tpr >= target_sensitivity)
+        i = int(ok[0])
+        why = (f"highest threshold with validation sensitivity >= {target_sensitivity:.2f}: "
+               f"sensitivity {tpr[i]:.3f}, specificity {1 - fpr[i]:.3f}")
+    elif rule == "f1":
+        pos = y_true.sum()
+        tp = tpr * pos
+        fp = fpr * (len(y_true) - pos)
+        f1 = 2 * tp / np.maximum(2 * tp + fp + (pos - tp), 1e-12)
+        i = int(np.argmax(f1))
+        why = f"maximum F1 on validation ({f1[i]:.3f})"
+    else:
+        raise ValueError(f"unknown threshold rule {rule!r}")
+    return float(thr[i]), why

@@ -1,0 +1,120 @@
+"""Prediction on image files with a saved model: the :class:`Predictor` (all
+preprocessing, calibrated probabilities and the stored threshold) and the
+stable output table (``path``, ``prediction``, one ``p_<CLASS>`` per class)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from medcls.checkpoint import ModelInfo, load_checkpoint
+from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
+from medcls.io import atomic_write_text
+from medcls.models.inference import batch_logits, logits_to_probs
+
+
+def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """Class indices: binary models compare p(positive) with the stored threshold."""
+    if info.binary:
+        return (probs[:, 1] >= info.threshold).astype(int)
+    return probs.argmax(axis=1)
+
+
+def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo) -> list[dict]:
+    """The stable table: ``path``, ``prediction``, then ``p_<CLASS>`` for each class."""
+    labels = decide(probs, info)
+    return [{"path": name, "prediction": info.classes[k],
+             **{f"p_{c}": round(float(p), 6) for c, p in zip(info.classes, row)}}
+            for name, k, row in zip(names, labels, probs)]
+
+
+class Predictor:
+    """A loaded model that turns images (paths or bytes) into calibrated predictions."""
+
+    def __init__(self, net: torch.nn.Module, info: ModelInfo, batch_size: int = 32):
+        self.net, self.info, self.batch_size = net.eval(), info, batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
+        net, info = load_checkpoint(path)
+        return cls(net, info, **kwargs)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    def preprocess(self, source: Source) -> np.ndarray:
+        """One image -> uint8 ``(H, W, C)`` at the model's size and colour mode."""
+        return load_image(source, self.info.color_mode, self.info.image_size)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return batch_logits(self.net, images, self.batch_size)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities ``(N, K)`` for preprocessed uint8 images."""
+        return logits_to_probs(self.logits(images), self.info.temperature)
+
+    def predict(self, sources: Iterable[Source], names: Sequence[str] | None = None
+                ) -> tuple[list[dict], dict[str, str]]:
+        """Predict each source; returns (rows, {name: error}) for those that could not be read."""
+        sources = list(sources)
+        names = list(names) if names is not None else [str(s) for s in sources]
+        arrays, kept, errors = [], [], {}
+        for name, source in zip(names, sources):
+            try:
+                arrays.append(self.preprocess(source))
+                kept.append(name)
+            except ImageLoadError as exc:
+                errors[name] = exc.reason
+        if not arrays:
+            return [], errors
+        return prediction_rows(kept, self.predict_arrays(np.stack(arrays)), self.info), errors
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image files (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out
+
+
+def predictions_text(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_predictions(rows: list[dict], out: str | Path) -> Path:
+    """Write rows as CSV or JSON (by the file's suffix)."""
+    out = Path(out)
+    fmt = "json" if out.suffix.lower() == ".json" else "csv"
+    atomic_write_text(out, predictions_text(rows, fmt))
+    return out
+
+
+def predict_files(paths: Iterable[str | Path], model: str | Path, out: str | Path | None = None
+                  ) -> tuple[list[dict], dict[str, str]]:
+    """Predict image files and folders with the checkpoint ``model``; optionally write ``out``."""
+    predictor = Predictor.from_checkpoint(model)
+    files = expand_paths(paths)
+    rows, errors = predictor.predict(files)
+    if out is not None:
+        write_predictions(rows, out)
+    return rows, errors

@@ -1,0 +1,1 @@
+"""Training with PyTorch Lightning: the module and the run driver."""

@@ -1,0 +1,190 @@
+"""The training run: data -> model -> Lightning fit (best checkpoint, early stopping,
+LR schedule, CSV log) -> temperature and operating point fitted on validation ->
+one self-contained ``model.pt`` in the run folder."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from rich.console import Console
+
+from medcls.checkpoint import ModelInfo, save_checkpoint
+from medcls.config import Config, save_config
+from medcls.data.prepared import PreparedData, make_loader, prepare_data
+from medcls.data.split import split_digest, write_manifest
+from medcls.evaluation.calibration import fit_temperature
+from medcls.evaluation.threshold import choose_threshold
+from medcls.io import atomic_write_json
+from medcls.models import build_model
+from medcls.models.inference import batch_logits, logits_to_probs
+from medcls.training.module import LitClassifier
+
+console = Console(stderr=True)
+
+
+class EpochTimer(pl.Callback):
+    """Wall time and images/s of each training epoch (data loading included, validation not)."""
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self._start = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start, self._images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._images += len(batch[1])
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if not trainer.sanity_checking and self._images:
+            seconds = time.perf_counter() - self._start
+            self.epochs.append({"epoch": trainer.current_epoch, "seconds": round(seconds, 3),
+                                "images": self._images, "images_per_s": round(self._images / seconds, 2)})
+            self._images = 0
+
+
+def new_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    i = 1
+    while run.exists():
+        run = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{i}"
+        i += 1
+    run.mkdir(parents=True)
+    return run
+
+
+def environment() -> dict:
+    """Versions and commit that produced a run (for reproducibility)."""
+    import lightning
+    import torchvision
+
+    from medcls import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"medcls": __version__, "git_commit": commit, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "lightning": lightning.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),
+            "threads": torch.get_num_threads()}
+
+
+def data_summary(data: PreparedData) -> dict:
+    """Counts per split and class of what is actually used, and what was skipped."""
+    counts = {name: {c: int((data.labels[name] == k).sum()) for k, c in enumerate(data.classes)}
+              for name in data.labels}
+    return {"dataset": data.index.name, "root": str(data.index.root), "classes": data.classes,
+            "color_mode": data.color_mode, "image_size": data.image_size, "counts": counts,
+            "unreadable": data.cache.errors, "ignored_files": [str(p) for p in data.index.ignored]}
+
+
+def _sampler(labels: np.ndarray, seed: int) -> torch.utils.data.WeightedRandomSampler:
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True,
+                                                  generator=torch.Generator().manual_seed(seed))
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> Path:
+    """Train a model as ``cfg`` says; return the run folder (holding ``model.pt``).
+
+    The run folder is ``run_dir`` if given, else a new ``OUTPUT_DIR/NAME-TIMESTAMP``."""
+    tcfg = cfg.train
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    data = prepare_data(cfg.data, quiet=quiet)
+    run = Path(run_dir) if run_dir else new_run_dir(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    write_manifest(run / "manifest.csv", data.index, data.splits)
+    atomic_write_json(run / "environment.json", environment())
+    atomic_write_json(run / "data.json", data_summary(data))
+
+    mean, std = data.channel_stats()
+    net = build_model(cfg.model.arch, data.channels, len(data.classes), cfg.data.image_size, mean, std,
+                      **cfg.model.kwargs)
+    if tcfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    counts = np.bincount(data.labels["train"], minlength=len(data.classes)).tolist()
+    module = LitClassifier(net, len(data.classes), tcfg, cfg.augment, counts)
+
+    sampler = _sampler(data.labels["train"], tcfg.seed) if tcfg.imbalance == "sampler" else None
+    train_loader = make_loader(data, "train", cfg.data.batch_size, sampler=sampler, shuffle=True, seed=tcfg.seed)
+    val_loader = make_loader(data, "val", cfg.data.batch_size)
+
+    mode = "min" if tcfg.monitor.endswith("loss") else "max"
+    best = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=tcfg.monitor, mode=mode,
+                           save_last=True)
+    timer = EpochTimer()
+    callbacks: list[pl.Callback] = [best, timer, LearningRateMonitor("epoch")]
+    if tcfg.early_stopping_patience:
+        callbacks.append(EarlyStopping(tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
+    if not quiet:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        max_epochs=tcfg.epochs, accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
+        strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
+        logger=CSVLogger(run, name="", version=""), enable_progress_bar=not quiet,
+        enable_model_summary=not quiet, deterministic="warn", log_every_n_steps=10,
+        limit_train_batches=tcfg.limit_train_batches, default_root_dir=run, num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # Lightning's advice about small epochs and log intervals is noise here.
+        warnings.filterwarnings("ignore", message=".*(logging interval|LeafSpec|does not have many workers|"
+                                "No (positive|negative) samples|exists and is not empty).*")
+        trainer.fit(module, train_loader, val_loader)
+    fit_seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return run
+
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
+
+    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size)
+    val_labels = data.labels["val"]
+    temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate and len(val_labels) else 1.0
+    info = ModelInfo(
+        arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
+        color_mode=data.color_mode, mean=mean, std=std, temperature=temperature,
+        positive_class=data.index.positive_class, ordinal=data.index.ordinal,
+        referable_from=data.index.referable_from,
+        test_digest=split_digest(data.index, data.splits, "test"), config=cfg.to_dict(),
+    )
+    why = "argmax of class probabilities"
+    if info.binary and len(val_labels):
+        probs = logits_to_probs(val_logits, temperature)[:, 1]
+        info.threshold, why = choose_threshold(val_labels, probs, cfg.eval.threshold_rule,
+                                               cfg.eval.target_sensitivity, cfg.eval.fixed_threshold)
+        info.threshold_rule = cfg.eval.threshold_rule
+    save_checkpoint(run / "model.pt", net, info)
+    per_epoch = timer.epochs
+    atomic_write_json(run / "training.json", {
+        "fit_seconds": round(fit_seconds, 1), "epochs_run": trainer.current_epoch,
+        "best_epoch_score": float(best.best_model_score) if best.best_model_score is not None else None,
+        "monitor": tcfg.monitor, "temperature": temperature, "threshold": info.threshold,
+        "threshold_reason": why, "per_epoch": per_epoch,
+        "mean_images_per_s": round(float(np.mean([e["images_per_s"] for e in per_epoch])), 2) if per_epoch else None,
+        "parameters": sum(p.numel() for p in net.parameters()),
+    })
+    if not quiet:
+        console.print(f"trained in {fit_seconds:.0f} s; operating point: {why}; temperature {temperature:.3f}")
+    return run

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real data sets from ../shared/data (subsets, small sizes),
+a private decode cache, and one short trained model reused by several tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDCLS_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
+XRAY = DATA / "chest_xray"
+FUNDUS = DATA / "retinopathy"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    os.environ["MEDCLS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def xray_root() -> Path:
+    if not XRAY.is_dir():
+        pytest.fail(f"test data not found at {XRAY} (set MEDCLS_TEST_DATA)")
+    return XRAY
+
+
+def quick_overrides(out_dir: Path, root: Path = XRAY, limit: int = 100, size: int = 64, epochs: int = 3) -> list[str]:
+    """A run small enough for the test suite: few images, small size, few epochs."""
+    return [f"data.root={root}", f"data.limit_per_class={limit}", f"data.image_size={size}",
+            "model.kwargs.padding=same", f"train.epochs={epochs}", "train.early_stopping_patience=0",
+            f"output_dir={out_dir}", "eval.bootstrap=200", "augment.rotation=5"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, xray_root) -> Path:
+    """A short seed-CNN run on a real chest X-ray subset (64 px), trained once per session."""
+    from medcls.config import load_config
+    from medcls.training.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(ROOT / "configs" / "pneumonia-quick.yaml", quick_overrides(out))
+    return train(cfg, quiet=True)

@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medcls.checkpoint import CheckpointError, load_checkpoint
+from medcls.config import config_from_dict
+from medcls.data.prepared import prepare_data
+from medcls.evaluation.calibration import fit_temperature, nll
+from medcls.evaluation.evaluate import EvaluationError, evaluate
+from medcls.predict import Predictor
+
+
+def test_short_training_beats_chance(trained_run):
+    log = json.loads((trained_run / "training.json").read_text())
+    assert log["monitor"] == "val_auc" and log["best_epoch_score"] > 0.75
+    assert log["per_epoch"] and log["per_epoch"][0]["images_per_s"] > 0
+    for name in ("model.pt", "manifest.csv", "config.yaml", "metrics.csv", "environment.json", "data.json"):
+        assert (trained_run / name).is_file(), name
+
+
+def test_checkpoint_round_trip_matches_in_memory(trained_run):
+    net, info = load_checkpoint(trained_run / "model.pt")
+    cfg = config_from_dict(info.config)
+    data = prepare_data(cfg.data, trained_run / "manifest.csv", quiet=True)
+    images = data.images("test")[:16]
+    predictor = Predictor(net, info)
+    direct = predictor.predict_arrays(images)
+    paths = data.paths("test")[:16]
+    rows, errors = Predictor.from_checkpoint(trained_run).predict(paths)
+    assert not errors
+    from_files = np.array([[r[f"p_{c}"] for c in info.classes] for r in rows])
+    assert np.allclose(direct, from_files, atol=1e-5)
+    assert set(rows[0]) == {"path", "prediction", "p_NORMAL", "p_PNEUMONIA"}
+
+
+def test_threshold_comes_from_validation(trained_run):
+    _, info = load_checkpoint(trained_run)
+    log = json.loads((trained_run / "training.json").read_text())
+    assert info.threshold_rule == "youden" and 0 < info.threshold < 1
+    assert log["threshold"] == info.threshold and "validation" in log["threshold_reason"]
+
+
+def test_evaluate_writes_metrics_and_plots(trained_run, tmp_path):
+    result = evaluate(trained_run, out_dir=tmp_path, bootstrap=200, quiet=True)
+    m = result["metrics"]
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
+        assert 0 <= m[key] <= 1
+        lo, hi = result["ci95"][key]
+        assert lo <= m[key] <= hi
+    assert m["roc_auc"] > 0.7
+    assert sum(map(sum, result["confusion_matrix"])) == result["n_test"] == 200
+    for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png", "pr.png",
+                 "reliability.png", "training_curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_evaluate_refuses_a_different_test_split(trained_run, tmp_path):
+    manifest = (trained_run / "manifest.csv").read_text().splitlines()
+    test_rows = [i for i, line in enumerate(manifest) if ",test," in line]
+    # move one test image into train: the test set no longer matches the model's record
+    manifest[test_rows[0]] = manifest[test_rows[0]].replace(",test,", ",train,")
+    fake = tmp_path / "run"
+    fake.mkdir()
+    (fake / "model.pt").write_bytes((trained_run / "model.pt").read_bytes())
+    (fake / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    with pytest.raises(EvaluationError, match="does not match"):
+        evaluate(fake, quiet=True)
+
+
+def test_wrong_or_damaged_checkpoints(trained_run, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(empty)
+    cut = tmp_path / "cut.pt"
+    data = (trained_run / "model.pt").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt.*truncated"):
+        load_checkpoint(cut)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="not a medcls checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_temperature_scaling_does_not_raise_nll():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    logits = ((y * 2 - 1) * 4 + rng.normal(0, 3, 500))[:, None]  # over-confident logits
+    t = fit_temperature(logits, y)
+    assert t > 1 and nll(logits, y, t) < nll(logits, y, 1.0)
