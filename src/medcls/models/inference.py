@@ -32,3 +32,33 @@ def logits_to_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def head_layer(net: torch.nn.Module) -> torch.nn.Linear:
+    """The final linear layer (the classifier head) of a network."""
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError("network has no linear classifier head")
+    return linears[-1]
+
+
+class WithFeatures(torch.nn.Module):
+    """Wraps a classifier to return ``(logits, features)``, where features are the
+    penultimate activations (the input of the final linear layer). Used for
+    out-of-distribution scores and exported as a second ONNX output."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self._head = head_layer(net)
+        self._features: torch.Tensor | None = None
+        self._head.register_forward_pre_hook(self._keep)
+
+    def _keep(self, module, inputs):
+        self._features = inputs[0]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        features = self._features.flatten(1)
+        self._features = None
+        return logits, features
