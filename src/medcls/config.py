@@ -83,7 +83,7 @@ class TrainConfig:
     monitor: str = "val_auc"  # metric for best checkpoint, early stopping, plateau
     early_stopping_patience: int = 5  # 0 = off
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC: oneDNN's fast path for convolutions on CPU
     ema: float = 0.0  # EMA decay of weights; 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice

@@ -5,7 +5,9 @@ one self-contained ``model.pt`` in the run folder."""
 from __future__ import annotations
 
 import json
+import os
 import platform
+import resource
 import subprocess
 import time
 import warnings
@@ -34,24 +36,32 @@ console = Console(stderr=True)
 
 
 class EpochTimer(pl.Callback):
-    """Wall time and images/s of each training epoch (data loading included, validation not)."""
+    """Wall time, images/s and data-wait fraction of each training epoch (data loading
+    included, validation not)."""
 
     def __init__(self):
         self.epochs: list[dict] = []
-        self._start = 0.0
+        self._start = self._batch_end = 0.0
         self._images = 0
+        self._waiting = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start, self._images = time.perf_counter(), 0
+        self._start = self._batch_end = time.perf_counter()
+        self._images, self._waiting = 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._waiting += time.perf_counter() - self._batch_end  # fetching this batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._images += len(batch[1])
+        self._batch_end = time.perf_counter()
 
     def on_validation_epoch_start(self, trainer, pl_module):
         if not trainer.sanity_checking and self._images:
             seconds = time.perf_counter() - self._start
             self.epochs.append({"epoch": trainer.current_epoch, "seconds": round(seconds, 3),
-                                "images": self._images, "images_per_s": round(self._images / seconds, 2)})
+                                "images": self._images, "images_per_s": round(self._images / seconds, 2),
+                                "data_wait_fraction": round(self._waiting / seconds, 4)})
             self._images = 0
 
 
@@ -100,21 +110,35 @@ def _sampler(labels: np.ndarray, seed: int) -> torch.utils.data.WeightedRandomSa
                                                   generator=torch.Generator().manual_seed(seed))
 
 
-def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> Path:
+def _launched_worker() -> bool:
+    """True in a process that a distributed launcher started for a rank other than 0."""
+    env = os.environ
+    return env.get("RANK", env.get("LOCAL_RANK", "0")) != "0" or env.get("NODE_RANK", "0") != "0"
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
+          callbacks: list[pl.Callback] | None = None) -> Path:
     """Train a model as ``cfg`` says; return the run folder (holding ``model.pt``).
 
-    The run folder is ``run_dir`` if given, else a new ``OUTPUT_DIR/NAME-TIMESTAMP``."""
+    The run folder is ``run_dir`` if given, else a new ``OUTPUT_DIR/NAME-TIMESTAMP``.
+    ``callbacks`` are extra Lightning callbacks. Under DDP, processes that Lightning
+    launches for ranks > 0 reuse rank 0's run folder; with torchrun or SLURM pass
+    the same ``run_dir`` to every rank."""
     tcfg = cfg.train
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     data = prepare_data(cfg.data, quiet=quiet)
+    if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
+        run_dir = os.environ["MEDCLS_RUN_DIR"]
     run = Path(run_dir) if run_dir else new_run_dir(cfg)
     run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
-    write_manifest(run / "manifest.csv", data.index, data.splits)
-    atomic_write_json(run / "environment.json", environment())
-    atomic_write_json(run / "data.json", data_summary(data))
+    if not _launched_worker():
+        os.environ["MEDCLS_RUN_DIR"] = str(run)  # inherited by the rank processes Lightning launches
+        save_config(cfg, run / "config.yaml")
+        write_manifest(run / "manifest.csv", data.index, data.splits)
+        atomic_write_json(run / "environment.json", environment())
+        atomic_write_json(run / "data.json", data_summary(data))
 
     mean, std = data.channel_stats()
     net = build_model(cfg.model.arch, data.channels, len(data.classes), cfg.data.image_size, mean, std,
@@ -132,7 +156,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -
     best = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=tcfg.monitor, mode=mode,
                            save_last=True)
     timer = EpochTimer()
-    callbacks: list[pl.Callback] = [best, timer, LearningRateMonitor("epoch")]
+    callbacks = [best, timer, LearningRateMonitor("epoch"), *(callbacks or [])]
     if tcfg.early_stopping_patience:
         callbacks.append(EarlyStopping(tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
     if not quiet:
@@ -184,6 +208,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -
         "threshold_reason": why, "per_epoch": per_epoch,
         "mean_images_per_s": round(float(np.mean([e["images_per_s"] for e in per_epoch])), 2) if per_epoch else None,
         "parameters": sum(p.numel() for p in net.parameters()),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
     if not quiet:
         console.print(f"trained in {fit_seconds:.0f} s; operating point: {why}; temperature {temperature:.3f}")

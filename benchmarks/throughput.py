@@ -1,0 +1,176 @@
+"""Side-by-side speed of the seed CNN: medcls (PyTorch + Lightning, each speed switch)
+against the same network in Keras 3 / TensorFlow, on the same images, batch size and
+machine, in one invocation. Writes benchmarks/results/throughput.{json,md}.
+
+    python benchmarks/throughput.py [--images 1024] [--size 224] [--keras-python /path/to/python]
+
+Keras runs in a subprocess with a Python that has TensorFlow
+(benchmarks/keras_reference/requirements.txt); without one its columns are empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from medcls.config import load_config
+from medcls.data.prepared import make_loader, prepare_data, to_model_input
+from medcls.models import build_model
+from medcls.training.module import LitClassifier
+from medcls.training.train import EpochTimer
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+VARIANTS = {  # name -> config overrides (each a medcls config switch)
+    "fp32 NCHW (naive)": ["train.channels_last=false", "train.precision=32"],
+    "fp32 channels-last": ["train.channels_last=true", "train.precision=32"],
+    "bf16 channels-last": ["train.channels_last=true", "train.precision=bf16-mixed"],
+}
+
+
+def cpu_peak_gflops() -> dict:
+    """Peak from the clock and the vector units: cores x GHz x FLOP/cycle.
+
+    AMD Zen 4 (AVX-512 with bf16, as here) issues two 256-bit FMA per cycle:
+    32 fp32 FLOP/cycle/core; VDPBF16PS doubles that for bf16. The clock is the
+    nominal MHz /proc/cpuinfo reports (boost clocks would raise the peak)."""
+    mhz = 0.0
+    model = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.lower().startswith("cpu mhz") and not mhz:
+            mhz = float(line.split(":")[1])
+        if line.lower().startswith("model name"):
+            model = line.split(":")[1].strip()
+    cores = os.cpu_count() or 1
+    return {"cpu": model, "cores": cores, "ghz": round(mhz / 1000, 3),
+            "fp32": round(cores * mhz / 1000 * 32, 1), "bf16": round(cores * mhz / 1000 * 64, 1)}
+
+
+def train_flops_per_image(size: int) -> float:
+    net = build_model("seed-cnn", 1, 2, size)
+    x = torch.rand(8, 1, size, size)
+    with FlopCounterMode(display=False) as counter:
+        net(x)[:, 0].sum().backward()
+    return counter.get_total_flops() / 8
+
+
+def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int) -> dict:
+    cfg = load_config(HERE.parent / "configs" / "pneumonia-seed-cnn.yaml", data_overrides + overrides)
+    pl.seed_everything(0, verbose=False)
+    data = prepare_data(cfg.data, quiet=True)
+    net = build_model("seed-cnn", 1, 2, cfg.data.image_size)
+    if cfg.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    module = LitClassifier(net, 2, cfg.train, cfg.augment, [1, 1])
+    timer = EpochTimer()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", precision=cfg.train.precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[timer], limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(module, make_loader(data, "train", 32, shuffle=True), make_loader(data, "val", 32))
+    # inference: batch 32 over the same images, and one image at a time
+    net.eval()
+    images = torch.from_numpy(np.ascontiguousarray(data.images("train")))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16-mixed")
+    with torch.inference_mode(), autocast:
+        net(to_model_input(images[:32], cfg.train.channels_last))
+        t = time.perf_counter()
+        for start in range(0, len(images), 32):
+            net(to_model_input(images[start:start + 32], cfg.train.channels_last))
+        infer = len(images) / (time.perf_counter() - t)
+        one = images[:1]
+        lat = []
+        for _ in range(50):
+            t = time.perf_counter()
+            net(to_model_input(one, cfg.train.channels_last))
+            lat.append(time.perf_counter() - t)
+    return {"train_images_per_s": [e["images_per_s"] for e in timer.epochs],
+            "data_wait_fraction": [e["data_wait_fraction"] for e in timer.epochs],
+            "infer_images_per_s": round(infer, 2), "single_latency_ms": round(1000 * float(np.median(lat)), 3)}
+
+
+def keras_run(python: str, files: list[Path], labels: list[int], size: int, epochs: int) -> dict | None:
+    with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as fh:
+        fh.writelines(f"{p}\t{y}\n" for p, y in zip(files, labels))
+    res = subprocess.run([python, str(HERE / "keras_reference" / "seed_cnn_keras.py"), fh.name,
+                          "--size", str(size), "--epochs", str(epochs)], capture_output=True, text=True)
+    os.unlink(fh.name)
+    if res.returncode != 0:
+        print(f"keras run failed:\n{res.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def steady(rates: list[float]) -> float:
+    """Images/s after the first epoch (which also decodes), or the only epoch."""
+    return float(np.median(rates[1:] if len(rates) > 1 else rates))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray"))
+    ap.add_argument("--images", type=int, default=1024, help="training images per epoch (balanced subset)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON", sys.executable))
+    args = ap.parse_args()
+    data_overrides = [f"data.root={args.data}", f"data.image_size={args.size}",
+                      f"data.limit_per_class={args.images // 2}", "augment.enabled=true"]
+    results: dict = {"machine": cpu_peak_gflops(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "images_per_epoch": args.images, "size": args.size, "batch": 32,
+                     "train_gflop_per_image": round(train_flops_per_image(args.size) / 1e9, 3), "medcls": {}}
+    for name, overrides in VARIANTS.items():
+        print(f"medcls {name} ...", file=sys.stderr)
+        results["medcls"][name] = medcls_variant(overrides, data_overrides, args.epochs)
+    cfg = load_config(None, data_overrides)
+    data = prepare_data(cfg.data, quiet=True)
+    print("keras ...", file=sys.stderr)
+    results["keras"] = keras_run(args.keras_python, data.paths("train"), data.labels["train"].tolist(),
+                                 args.size, args.epochs)
+    write(results)
+
+
+def write(results: dict) -> None:
+    peak = results["machine"]
+    gflop = results["train_gflop_per_image"]
+    keras = results["keras"]
+    lines = [f"# Seed CNN throughput, {results['size']} px, batch {results['batch']}",
+             "", f"CPU: {peak['cpu']}, {peak['cores']} cores at {peak['ghz']} GHz; peak {peak['fp32']} GFLOP/s fp32, "
+             f"{peak['bf16']} GFLOP/s bf16 (cores x GHz x 32 or 64 FLOP/cycle). Training costs {gflop} GFLOP/image "
+             "(forward + backward, counted by torch's FlopCounterMode).", "",
+             "| run | train img/s | x Keras | GFLOP/s (% of peak) | data wait | infer img/s (b32) | x Keras "
+             "| 1-image ms |", "|---|---|---|---|---|---|---|---|"]
+    rows = dict(results["medcls"])
+    if keras:
+        rows["Keras 3 / TF (reference)"] = keras
+    for name, r in rows.items():
+        train = steady(r["train_images_per_s"])
+        kt = steady(keras["train_images_per_s"]) if keras else None
+        peak_key = "bf16" if "bf16" in name else "fp32"
+        wait = f"{np.mean(r['data_wait_fraction']):.1%}" if "data_wait_fraction" in r else ""
+        lines.append(
+            f"| {name} | {train:.1f} | {train / kt:.2f} |" if kt else f"| {name} | {train:.1f} | |")
+        lines[-1] += (f" {train * gflop:.0f} ({train * gflop / peak[peak_key]:.0%}) | {wait} | "
+                      f"{r['infer_images_per_s']:.1f} | "
+                      f"{r['infer_images_per_s'] / keras['infer_images_per_s']:.2f} | " if keras else " | ")
+        lines[-1] += f"{r['single_latency_ms']:.2f} |"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
