@@ -35,6 +35,7 @@ class ModelInfo:
     threshold: float = 0.5  # binary: positive when p(positive) >= threshold
     threshold_rule: str = "argmax"
     temperature: float = 1.0
+    tta: bool = False  # average logits over test-time augmentation views
     positive_class: Optional[str] = None
     ordinal: bool = False
     referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view

@@ -36,7 +36,7 @@ def cmd_inspect(args) -> int:
 def cmd_train(args) -> int:
     from medcls.training.train import train
 
-    run = train(_config(args))
+    run = train(_config(args), run_dir=args.run_dir)
     print(f"run folder: {run}  (model: {run / 'model.pt'})")
     return 0
 
@@ -69,6 +69,26 @@ def cmd_predict(args) -> int:
     if args.out:
         print(f"{len(rows)} prediction(s) written to {args.out}")
     return 0 if rows or not errors else EXIT_USER_ERROR
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medcls.evaluation.compare import compare_runs, markdown_table
+    from medcls.io import atomic_write_text
+
+    rows = compare_runs(args.runs)
+    table = Table()
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in ("run", "arch") else "right")
+    for row in rows:
+        table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
+                        for v in row.values()))
+    Console().print(table)
+    if args.markdown:
+        atomic_write_text(args.markdown, markdown_table(rows))
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -105,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; prints the run folder")
     with_config(p)
+    p.add_argument("--run-dir", help="run folder (default: OUTPUT_DIR/NAME-TIMESTAMP); give every rank the same "
+                                     "one under torchrun or SLURM")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")
@@ -116,9 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict image files or folders (searched recursively)")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--model", "-m", required=True, help="checkpoint (model.pt) or run folder")
+    p.add_argument("--model", "-m", help="checkpoint (model.pt) or run folder (default: the shipped model)")
     p.add_argument("--out", "-o", help="write predictions to FILE.csv or FILE.json")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("compare", help="runs side by side (metrics, size, cost)")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--markdown", help="also write the table as Markdown to this file")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("run", help="the main job: inspect, train, evaluate, save")
     with_config(p)

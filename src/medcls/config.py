@@ -84,6 +84,7 @@ class TrainConfig:
     early_stopping_patience: int = 5  # 0 = off
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     channels_last: bool = True  # NHWC: oneDNN's fast path for convolutions on CPU
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     ema: float = 0.0  # EMA decay of weights; 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
@@ -101,6 +102,7 @@ class EvalConfig:
     fixed_threshold: float = 0.5
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
+    tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
     tta: bool = False
 
 
@@ -137,6 +139,7 @@ _RANGES = {
     ("train", "lr"): (1e-12, 10.0),
     ("train", "label_smoothing"): (0.0, 0.5),
     ("train", "ema"): (0.0, 0.99999),
+    ("train", "warmup_epochs"): (0, 1000),
     ("eval", "target_sensitivity"): (0.0, 1.0),
     ("eval", "fixed_threshold"): (0.0, 1.0),
     ("augment", "zoom"): (0.0, 0.9),

@@ -54,7 +54,7 @@ class Predictor:
         return load_image(source, self.info.color_mode, self.info.image_size)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return batch_logits(self.net, images, self.batch_size)
+        return batch_logits(self.net, images, self.batch_size, tta=self.info.tta)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities ``(N, K)`` for preprocessed uint8 images."""
@@ -109,10 +109,13 @@ def write_predictions(rows: list[dict], out: str | Path) -> Path:
     return out
 
 
-def predict_files(paths: Iterable[str | Path], model: str | Path, out: str | Path | None = None
+def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None
                   ) -> tuple[list[dict], dict[str, str]]:
-    """Predict image files and folders with the checkpoint ``model``; optionally write ``out``."""
-    predictor = Predictor.from_checkpoint(model)
+    """Predict image files and folders with the checkpoint ``model`` (default: the shipped
+    model); optionally write ``out``."""
+    from medcls.assets import shipped_model
+
+    predictor = Predictor.from_checkpoint(model or shipped_model())
     files = expand_paths(paths)
     rows, errors = predictor.predict(files)
     if out is not None:

@@ -72,7 +72,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     out.mkdir(parents=True, exist_ok=True)
 
     y = data.labels["test"]
-    logits = batch_logits(net, data.images("test"), cfg.data.batch_size)
+    logits = batch_logits(net, data.images("test"), cfg.data.batch_size, tta=info.tta)
     probs = logits_to_probs(logits, info.temperature)
     pred = decide(probs, info)
     metrics = score(y, probs, info)

@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medcls.data.prepared import to_model_input
+
+# Test-time augmentation views: (zoom, shift x, shift y); no flips (anatomy is not symmetric).
+TTA_VIEWS = [(1.0, 0.0, 0.0), (0.94, 0.0, 0.0), (1.06, 0.0, 0.0), (1.0, 0.04, 0.0), (1.0, -0.04, 0.0)]
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Deterministic zoomed and shifted copies of a batch ``(N, C, H, W)``."""
+    views = []
+    for zoom, tx, ty in TTA_VIEWS:
+        if (zoom, tx, ty) == (1.0, 0.0, 0.0):
+            views.append(x)
+            continue
+        theta = torch.tensor([[1 / zoom, 0, 2 * tx], [0, 1 / zoom, 2 * ty]], dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        views.append(F.grid_sample(x, grid, padding_mode="zeros", align_corners=False))
+    return views
 
 
 @torch.inference_mode()
 def batch_logits(net: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
-                 channels_last: bool = False) -> np.ndarray:
-    """Logits ``(N, outputs)`` for uint8 images ``(N, H, W, C)``; ``net`` is put in eval mode."""
+                 channels_last: bool = False, tta: bool = False) -> np.ndarray:
+    """Logits ``(N, outputs)`` for uint8 images ``(N, H, W, C)``; ``net`` is put in eval mode.
+    With ``tta`` the logits are averaged over :data:`TTA_VIEWS`."""
     net.eval()
     device = next(net.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        out.append(net(to_model_input(chunk, channels_last)).float().cpu())
+        x = to_model_input(chunk, channels_last)
+        views = tta_views(x) if tta else [x]
+        out.append(torch.stack([net(v).float() for v in views]).mean(0).cpu())
     if not out:
         return np.zeros((0, 1), dtype=np.float32)
     return torch.cat(out).numpy()

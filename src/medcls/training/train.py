@@ -17,7 +17,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint,
+                                         RichProgressBar)
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 
@@ -157,6 +158,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
                            save_last=True)
     timer = EpochTimer()
     callbacks = [best, timer, LearningRateMonitor("epoch"), *(callbacks or [])]
+    if tcfg.ema:
+        callbacks.append(EMAWeightAveraging(decay=tcfg.ema))
     if tcfg.early_stopping_patience:
         callbacks.append(EarlyStopping(tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
     if not quiet:
@@ -183,12 +186,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         module.load_state_dict(state)
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
 
-    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size)
+    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
     val_labels = data.labels["val"]
     temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate and len(val_labels) else 1.0
     info = ModelInfo(
         arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
-        color_mode=data.color_mode, mean=mean, std=std, temperature=temperature,
+        color_mode=data.color_mode, mean=mean, std=std, temperature=temperature, tta=cfg.eval.tta,
         positive_class=data.index.positive_class, ordinal=data.index.ordinal,
         referable_from=data.index.referable_from,
         test_digest=split_digest(data.index, data.splits, "test"), config=cfg.to_dict(),

@@ -1,0 +1,49 @@
+"""Runs side by side: architecture, recipe, size, cost and test metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+COLUMNS = ["run", "arch", "size", "params_m", "epochs", "fit_min", "img_per_s", "accuracy", "recall", "specificity",
+           "f1", "roc_auc", "qwk", "macro_f1", "ece"]
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_row(run: str | Path) -> dict:
+    """One row of facts about a run folder (missing facts are left empty)."""
+    run = Path(run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    training, metrics = _read(run / "training.json"), _read(run / "metrics.json")
+    m = metrics.get("metrics", {})
+    row = {
+        "run": run.name, "arch": cfg.get("model", {}).get("arch"), "size": cfg.get("data", {}).get("image_size"),
+        "params_m": round(training["parameters"] / 1e6, 2) if "parameters" in training else None,
+        "epochs": training.get("epochs_run"),
+        "fit_min": round(training["fit_seconds"] / 60, 1) if "fit_seconds" in training else None,
+        "img_per_s": training.get("mean_images_per_s"),
+        "ece": metrics.get("calibration", {}).get("ece"),
+    }
+    row.update({k: m.get(k) for k in COLUMNS if k in m})
+    return {k: row.get(k) for k in COLUMNS}
+
+
+def compare_runs(runs: list[str | Path]) -> list[dict]:
+    """Rows for :func:`run_row` of each run folder, in the order given."""
+    return [run_row(r) for r in runs]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+
+    def fmt(v):
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
