@@ -28,8 +28,17 @@ def cmd_inspect(args) -> int:
     from medcls.data.inspect import inspect_data
 
     out = args.out or "runs/inspect"
-    inspect_data(args.data, args.dataset, out)
+    inspect_data(args.data, args.dataset, out, audit=args.audit)
     print(f"inspection written to {out}/ (inspection.json, samples.png)")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from medcls.data.audit import audit_dataset
+
+    out = args.out or "runs/audit"
+    audit_dataset(args.data, args.dataset, out, max_distance=args.max_distance)
+    print(f"audit written to {out}/ (audit.csv: one row per image in a duplicate group; audit.json: counts)")
     return 0
 
 
@@ -121,7 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="data folder")
     p.add_argument("--dataset", default="pneumonia", help="registered data set name")
     p.add_argument("--out", help="output folder (default runs/inspect)")
+    p.add_argument("--audit", action=argparse.BooleanOptionalAction,
+                   help="summarise the duplicate audit (default: the data set's default)")
     p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("audit", help="exact and near duplicates and label conflicts of a data set")
+    p.add_argument("data", help="data folder")
+    p.add_argument("--dataset", default="class-folders", help="registered data set name")
+    p.add_argument("--out", help="output folder for audit.csv and audit.json (default runs/audit)")
+    p.add_argument("--max-distance", type=int,
+                   help="near duplicates: largest phash Hamming distance, of 256 bits (default: the calibrated one)")
+    p.set_defaults(fn=cmd_audit)
 
     p = sub.add_parser("train", help="train a model; prints the run folder")
     with_config(p)

@@ -38,11 +38,12 @@ class DataConfig:
     root: str = field(default_factory=default_data_root)
     image_size: int = 224
     color_mode: Optional[str] = None  # None: the dataset's default (grayscale X-rays, RGB fundus)
-    val_fraction: float = 0.15  # carved from train, by patient / duplicate group
+    val_fraction: float = 0.15  # by patient / duplicate group; of train/ if test/ is given, else of all
     test_fraction: float = 0.15  # only for data sets that ship no test split
     split_seed: int = 42
     manifest: Optional[str] = None  # reuse a split manifest CSV instead of splitting
-    exclude_conflicts: bool = True  # drop images filed under two classes from val/test
+    audit: Optional[bool] = None  # find duplicates before splitting; None: the data set's default (on: retinopathy)
+    exclude_conflicts: bool = True  # with the audit: images filed under two classes stay out of val/test
     limit_per_class: Optional[int] = None  # per split and class; for quick runs and tests
     batch_size: int = 32
     cache_dir: str = field(default_factory=default_cache_dir)

@@ -42,6 +42,7 @@ class DatasetIndex:
     ignored: list[Path] = field(default_factory=list)  # non-image files found in class folders
     positive_class: Optional[str] = None  # the "disease" class for binary metrics
     referable_from: Optional[str] = None  # ordinal grades: first grade of the clinical "referable" view
+    audit: bool = False  # audit for duplicates before splitting, unless the config says otherwise
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +83,7 @@ def scan_folders(
     ordinal: bool = False,
     positive_class: str | None = None,
     referable_from: str | None = None,
+    audit: bool = False,
 ) -> DatasetIndex:
     """Scan either layout into an index; ``classes`` fixes the label order (else sorted names)."""
     root = Path(root).expanduser()
@@ -124,7 +126,7 @@ def scan_folders(
                 raise DataError(f"class folder {class_dir} holds no images")
             samples += [Sample(p, label, group_of(p), split) for p in files]
     return DatasetIndex(name, root, list(classes), samples, color_mode, ordinal, ignored, positive_class,
-                        referable_from)
+                        referable_from, audit)
 
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
@@ -164,8 +166,10 @@ RETINOPATHY_GRADES = ["Healthy", "Mild DR", "Moderate DR", "Severe DR", "Prolife
 
 @DATASETS.register("retinopathy")
 def retinopathy(root: Path) -> DatasetIndex:
-    """Diabetic retinopathy fundus photographs, 5 ordinal grades (RGB)."""
-    return scan_folders(root, "retinopathy", RETINOPATHY_GRADES, "rgb", ordinal=True, referable_from="Moderate DR")
+    """Diabetic retinopathy fundus photographs, 5 ordinal grades (RGB); audited for duplicates
+    (the public copy holds exact copies, some filed under two grades)."""
+    return scan_folders(root, "retinopathy", RETINOPATHY_GRADES, "rgb", ordinal=True, referable_from="Moderate DR",
+                        audit=True)
 
 
 def load_index(name: str, root: str | Path) -> DatasetIndex:

@@ -1,5 +1,5 @@
 """Understand the data before training: image sizes and colour modes, counts per
-class and split, class imbalance, and a PNG grid of sample images per class."""
+class and split, class imbalance, duplicates, and a PNG grid of sample images per class."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from medcls.data.audit import audit_index, summary_line  # noqa: E402
 from medcls.data.datasets import DatasetIndex, load_index  # noqa: E402
 from medcls.data.images import ImageLoadError, load_image  # noqa: E402
 from medcls.io import atomic_path, atomic_write_json  # noqa: E402
@@ -87,10 +88,15 @@ def sample_grid(index: DatasetIndex, path: Path, per_class: int = 6, size: int =
 
 
 def inspect_data(root: str | Path, dataset: str = "pneumonia", out_dir: str | Path | None = None,
-                 quiet: bool = False) -> dict:
-    """Describe a data set; with ``out_dir`` write ``inspection.json`` and ``samples.png`` there."""
+                 quiet: bool = False, audit: bool | None = None) -> dict:
+    """Describe a data set; with ``out_dir`` write ``inspection.json`` and ``samples.png`` there.
+
+    ``audit`` adds the duplicate audit's summary (cached after the first run); None: the
+    data set's default."""
     index = load_index(dataset, root)
     info = describe(index)
+    if index.audit if audit is None else audit:
+        info["audit"] = audit_index(index, quiet=quiet).summary
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +120,8 @@ def print_description(info: dict) -> None:
     if w:
         console.print(f"sizes: width {w['min']}-{w['max']} (median {w['median']:.0f}), height {h['min']}-{h['max']} "
                       f"(median {h['median']:.0f}), {info['distinct_sizes']} distinct; modes: {info['modes']}")
+    if "audit" in info:
+        console.print(f"{summary_line(info['audit'])}; details: medcls audit")
     if info["unreadable_headers"]:
         console.print(f"[yellow]{len(info['unreadable_headers'])} file(s) not readable as images: "
                       f"{', '.join(info['unreadable_headers'][:5])}")

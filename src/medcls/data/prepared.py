@@ -1,5 +1,5 @@
-"""From a data config to ready-to-batch arrays: scan -> split -> decode cache ->
-batches of uint8 images straight from the memory-mapped cache."""
+"""From a data config to ready-to-batch arrays: scan -> duplicate audit -> split ->
+decode cache -> batches of uint8 images straight from the memory-mapped cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 
 from medcls.config import DataConfig
+from medcls.data.audit import audit_index, deduplicate
 from medcls.data.cache import ImageCache, build_cache
 from medcls.data.datasets import SPLITS, DataError, DatasetIndex, load_index
 from medcls.data.split import Splits, limit_per_class, make_split, read_manifest
@@ -27,6 +28,7 @@ class PreparedData:
     cache: ImageCache
     rows: dict[str, np.ndarray]  # split -> cache rows of readable images
     labels: dict[str, np.ndarray]  # split -> labels of those rows
+    audit: dict | None = None  # what the duplicate audit changed in the split (None: not audited here)
 
     @property
     def classes(self) -> list[str]:
@@ -63,10 +65,15 @@ def prepare_data(cfg: DataConfig, manifest: str | Path | None = None, quiet: boo
         console.print(f"[yellow]ignored {len(index.ignored)} non-image file(s): {shown}"
                       f"{' ...' if len(index.ignored) > 5 else ''}")
     manifest = manifest or cfg.manifest
+    audit = None
     if manifest:
         splits = read_manifest(manifest, index)
     else:
-        splits = make_split(index, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        held: frozenset[str] = frozenset()
+        if index.audit if cfg.audit is None else cfg.audit:
+            index, held, audit = deduplicate(index, audit_index(index, cfg.cache_dir, cfg.workers, quiet),
+                                             cfg.exclude_conflicts)
+        splits = make_split(index, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, held)
         splits = limit_per_class(splits, cfg.limit_per_class, cfg.split_seed)
     color_mode = cfg.color_mode or index.color_mode
     ordered = [s for name in SPLITS for s in splits[name]]
@@ -88,7 +95,7 @@ def prepare_data(cfg: DataConfig, manifest: str | Path | None = None, quiet: boo
         missing = [index.classes[k] for k in range(index.num_classes) if k not in present]
         if missing:
             raise DataError(f"the {name} split of {index.root} has no readable images of class(es) {missing}")
-    return PreparedData(index, splits, color_mode, cfg.image_size, cache, rows, labels)
+    return PreparedData(index, splits, color_mode, cfg.image_size, cache, rows, labels, audit)
 
 
 class CachedImages(torch.utils.data.Dataset):

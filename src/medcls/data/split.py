@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from medcls.data.datasets import SPLITS, DataError, DatasetIndex, Sample
 from medcls.io import atomic_write_text
@@ -45,23 +47,53 @@ def _take_groups(samples: list[Sample], fraction: float, rng: np.random.Generato
     return keep, take
 
 
-def make_split(index: DatasetIndex, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def make_split(index: DatasetIndex, val_fraction: float, test_fraction: float, seed: int,
+               train_only: frozenset[str] = frozenset()) -> Splits:
     """Split an index: a given ``test/`` folder is kept as test; otherwise test is carved
     by group; validation is always carved from train by group (a given ``val/``, such as
-    Kaggle's 16 images, joins the training pool: it is too small to select anything on)."""
+    Kaggle's 16 images, joins the training pool: it is too small to select anything on).
+    Fractions are of the training folder when a test folder is given, else of all images.
+    Groups in ``train_only`` (e.g. label conflicts) never enter val or a carved test."""
     rng = np.random.default_rng(seed)
     given_test = [s for s in index.samples if s.given_split == "test"]
-    pool = [s for s in index.samples if s.given_split != "test"]
+    pool = [s for s in index.samples if s.given_split != "test" and s.group not in train_only]
+    held = [s for s in index.samples if s.given_split != "test" and s.group in train_only]
     if given_test:
-        test = given_test
+        test, val_share = given_test, val_fraction
     else:
         pool, test = _take_groups(pool, test_fraction, rng)
-    train, val = _take_groups(pool, val_fraction, rng)
-    splits = {"train": train, "val": val, "test": test}
+        val_share = val_fraction / (1 - test_fraction)  # of what is left: 70/15/15 of all images
+    train, val = _take_groups(pool, val_share, rng)
+    splits = {"train": train + held, "val": val, "test": test}
     for name, items in splits.items():
         if not items and (name != "val" or val_fraction > 0):
             raise DataError(f"the {name} split of {index.root} is empty")
     return splits
+
+
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find: the connected-component label of each of ``n`` nodes linked by index ``pairs``."""
+    pairs = pairs.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def merge_groups(samples: list[Sample], linked: list[list[int]]) -> list[Sample]:
+    """Union-find over groups: samples that share a group, or are linked (e.g. a set of
+    duplicate images, as sample indices), end up in one group. A group merged from several
+    is named ``dup:`` + its first name; the others keep theirs. Groups of a given ``test/`` folder are kept apart
+    by name, since such folders may number their patients on their own."""
+    keys = [("test:" if s.given_split == "test" else "") + s.group for s in samples]
+    first: dict[str, int] = {}
+    edges = [(first.setdefault(k, i), i) for i, k in enumerate(keys)]
+    edges += [(m[0], j) for m in linked for j in m[1:]]
+    comp = components(len(samples), np.array(edges, dtype=np.int64))
+    names: dict[int, set[str]] = defaultdict(set)
+    for c, k in zip(comp, keys):
+        names[c].add(k)
+    # A merged group is named by its first key, which belongs to no other component.
+    merged = {c: f"dup:{min(g)}" for c, g in names.items() if len(g) > 1}
+    return [Sample(s.path, s.label, merged.get(c, s.group), s.given_split) for c, s in zip(comp, samples)]
 
 
 def limit_per_class(splits: Splits, limit: int | None, seed: int) -> Splits:

@@ -1,6 +1,7 @@
 """The LightningModule: loss (with class weights or label smoothing), batched
-augmentation, mixup, per-epoch train/val loss, accuracy and AUC, optimizer and
-learning-rate schedule from the config."""
+augmentation, mixup, per-epoch train/val loss, accuracy and AUC (and quadratic
+weighted kappa for more than two classes), optimizer and learning-rate schedule
+from the config."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class LitClassifier(pl.LightningModule):
         self.train_acc = torchmetrics.Accuracy(task=task, **kw)
         self.val_acc = torchmetrics.Accuracy(task=task, **kw)
         self.val_auc = torchmetrics.AUROC(task=task, **kw)
+        # Quadratic weighted kappa, the grading metric, for monitoring ordinal models (val_qwk).
+        self.val_qwk = None if self.binary else torchmetrics.CohenKappa(task=task, weights="quadratic", **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -84,6 +87,9 @@ class LitClassifier(pl.LightningModule):
         self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val_acc", self.val_acc, on_epoch=True, batch_size=len(y))
         self.log("val_auc", self.val_auc, on_epoch=True, prog_bar=True, batch_size=len(y))
+        if self.val_qwk is not None:
+            self.val_qwk(scores, y)
+            self.log("val_qwk", self.val_qwk, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self):
         cfg = self.cfg

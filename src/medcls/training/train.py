@@ -101,7 +101,8 @@ def data_summary(data: PreparedData) -> dict:
               for name in data.labels}
     return {"dataset": data.index.name, "root": str(data.index.root), "classes": data.classes,
             "color_mode": data.color_mode, "image_size": data.image_size, "counts": counts,
-            "unreadable": data.cache.errors, "ignored_files": [str(p) for p in data.index.ignored]}
+            "unreadable": data.cache.errors, "ignored_files": [str(p) for p in data.index.ignored],
+            "audit": data.audit}
 
 
 def _sampler(labels: np.ndarray, seed: int) -> torch.utils.data.WeightedRandomSampler:
