@@ -1,0 +1,47 @@
+"""Train and evaluate each given preset on the real data (or collect existing runs),
+then write the side-by-side table to benchmarks/accuracy.md and the raw rows to
+benchmarks/results/accuracy.json. Rows are appended, so negative results stay.
+
+    python benchmarks/accuracy.py configs/pneumonia-seed-cnn.yaml configs/pneumonia-compact.yaml
+    python benchmarks/accuracy.py --runs runs/pneumonia-*        # existing run folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medcls.config import load_config
+from medcls.evaluation.compare import compare_runs, markdown_table
+from medcls.pipeline import run_pipeline
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "accuracy.json"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("configs", nargs="*", help="presets to train and evaluate")
+    ap.add_argument("--runs", nargs="*", default=[], help="existing run folders to add")
+    ap.add_argument("--set", action="append", default=[], help="override for every preset")
+    args = ap.parse_args()
+    runs = [Path(r) for r in args.runs]
+    for config in args.configs:
+        run, _ = run_pipeline(load_config(config, args.set))
+        runs.append(run)
+    rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    known = {r["run"] for r in rows}
+    rows += [r for r in compare_runs(runs) if r["run"] not in known]
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    table = markdown_table(rows)
+    (HERE / "accuracy.md").write_text(
+        "# Chest X-ray accuracy: every architecture and recipe tried\n\n"
+        "Kermany test split (624 images), operating point and model selection on the patient-grouped validation "
+        "split; produced by `benchmarks/accuracy.py`; times on the project's 2-core CPU.\n\n" + table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
