@@ -1,16 +1,21 @@
 """Property tests of the one place pixels enter medcls: whatever bytes arrive (any
 size, mode, bit depth and format, truncated, damaged or random), ``load_image``
-returns a uint8 array of the requested shape or raises ``ImageLoadError``."""
+returns a uint8 array of the requested shape or raises ``ImageLoadError``; and
+of the preprocessing after it: any uint8 batch becomes finite model input in [0, 1]."""
 
 import io
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from medcls.config import AugmentConfig
+from medcls.data.augment import BatchAugment
 from medcls.data.images import ImageLoadError, load_image
+from medcls.data.prepared import to_model_input
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # PIL notes damaged metadata
 
@@ -95,3 +100,15 @@ def test_every_truncation_point_of_a_png_or_tiff(mode):
     data = buf.getvalue()
     for cut in range(0, len(data), max(1, len(data) // 40)):
         _check(data[:cut], "rgb", 16)
+
+
+@FUZZ
+@given(st.integers(1, 4), st.integers(1, 40), st.sampled_from([1, 3]), st.integers(0, 2**16),
+       st.builds(AugmentConfig, rotation=st.floats(0, 180), shift=st.floats(0, 0.9), zoom=st.floats(0, 0.9),
+                 brightness=st.floats(0, 1), contrast=st.floats(0, 1), hflip=st.booleans()))
+def test_any_batch_becomes_finite_model_input(n, side, channels, seed, augment_cfg):
+    images = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, side, side, channels), dtype=np.uint8))
+    for augment in (BatchAugment(augment_cfg).train(), BatchAugment(augment_cfg).eval()):
+        x = augment(to_model_input(images))
+        assert x.shape == (n, channels, side, side) and x.dtype == torch.float32
+        assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1

@@ -11,7 +11,9 @@ from medcls.cli import main
 from medcls.config import ConfigError, load_config
 from medcls.data.datasets import DataError
 from medcls.data.prepared import prepare_data
+from medcls.models import ARCHS
 from medcls.training.train import train
+from medcls.validation import check_run_config
 
 PRESET = ROOT / "configs" / "pneumonia-quick.yaml"
 
@@ -42,6 +44,12 @@ def test_bad_config_fails_before_reading_data(overrides, key, tmp_path):
         train(load_config(PRESET, [*overrides, f"data.root={tmp_path / 'absent'}", f"output_dir={tmp_path}"]),
               quiet=True)
     assert not list(tmp_path.iterdir())  # no run folder was started
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_every_architecture_passes_with_its_defaults(arch):
+    extra = ["model.kwargs.padding=same"] if arch == "seed-cnn" else []
+    assert check_run_config(load_config(PRESET, [f"model.arch={arch}", "data.image_size=64", *extra]))
 
 
 def test_cli_names_the_unknown_model_argument(tmp_path, capsys):

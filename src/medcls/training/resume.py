@@ -56,7 +56,7 @@ class ExactResume(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # plain lists and tensors only: the checkpoint must load with torch.load(weights_only=True)
-        np_state = np.random.get_state(legacy=False)
+        np_state, py_state = np.random.get_state(legacy=False), random.getstate()
         trainer = self._trainer
         assert trainer is not None
         metrics = {c.monitor: float(trainer.callback_metrics[c.monitor]) for c in trainer.lr_scheduler_configs
@@ -67,7 +67,7 @@ class ExactResume(pl.Callback):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"]),
                       "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "python": [py_state[0], list(py_state[1]), py_state[2]],
             "generators": [g.get_state() for g in self.generators],
         }
 
