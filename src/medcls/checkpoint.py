@@ -1,18 +1,21 @@
 """One checkpoint file holding the weights and everything needed to predict:
 architecture and its arguments, input size, colour mode, normalisation, class
-names, decision threshold and temperature. Written atomically; loaded safely
-(``weights_only``) with a clear error for wrong or damaged files."""
+names, decision threshold and temperature. Written atomically with a SHA-256 of
+its contents; loaded safely (``weights_only``), the digest re-checked, with a
+clear error for wrong or damaged files."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
-from medcls.io import atomic_path
+from medcls.io import atomic_torch_save
 from medcls.models import ImageClassifier, build_model
 
 FORMAT = "medcls-checkpoint"
@@ -40,6 +43,7 @@ class ModelInfo:
     ordinal: bool = False
     referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view
     test_digest: Optional[str] = None  # SHA-256 of the frozen test split it must be evaluated on
+    test_fingerprint: Optional[str] = None  # SHA-256 of that split's file contents (medcls.data.fingerprint)
     config: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)  # optional add-ons (e.g. OOD detector state)
 
@@ -61,15 +65,44 @@ def build_net(info: ModelInfo) -> ImageClassifier:
                        **info.arch_kwargs)
 
 
+def content_digest(obj: Any) -> str:
+    """SHA-256 of nested dicts/lists of tensors, arrays and plain values (the bytes of every tensor).
+
+    torch.load does not notice flipped bytes inside tensor data; this digest does."""
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            t = torch.as_tensor(x).detach().cpu().contiguous()
+            h.update(f"<{t.dtype}{tuple(t.shape)}>".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for key in sorted(x, key=str):
+                feed(str(key))
+                feed(x[key])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for item in x:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode() + b";")
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, net: torch.nn.Module, info: ModelInfo) -> Path:
-    """Write ``net``'s weights and ``info`` to ``path`` atomically."""
+    """Write ``net``'s weights and ``info`` to ``path`` atomically, with their SHA-256."""
     from medcls import __version__
 
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "medcls_version": __version__,
                "info": dataclasses.asdict(info),
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    payload["sha256"] = content_digest({"info": payload["info"], "state_dict": payload["state_dict"]})
+    atomic_torch_save(payload, path)
     return Path(path)
 
 
@@ -92,6 +125,9 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
                               f"(a Lightning training checkpoint? use the run's model.pt)")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer medcls ({payload.get('medcls_version')}); upgrade")
+    recorded = payload.get("sha256")  # absent in files written before digests were recorded
+    if recorded and content_digest({"info": payload.get("info"), "state_dict": payload.get("state_dict")}) != recorded:
+        raise CheckpointError(f"{path} is damaged: its contents do not match the SHA-256 recorded when it was written")
     try:
         info = ModelInfo(**payload["info"])
         net = build_net(info)

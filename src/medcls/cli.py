@@ -45,7 +45,15 @@ def cmd_audit(args) -> int:
 def cmd_train(args) -> int:
     from medcls.training.train import train
 
-    run = train(_config(args), run_dir=args.run_dir)
+    if args.resume:
+        from medcls.config import ConfigError
+        from medcls.training.resume import resume
+
+        if args.config or args.set or args.dataset:
+            raise ConfigError("--resume continues the run with its own config.yaml; leave out --config/--set/--dataset")
+        run = resume(args.resume, data_root=args.data)
+    else:
+        run = train(_config(args), run_dir=args.run_dir)
     print(f"run folder: {run}  (model: {run / 'model.pt'})")
     return 0
 
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--run-dir", help="run folder (default: OUTPUT_DIR/NAME-TIMESTAMP); give every rank the same "
                                      "one under torchrun or SLURM")
+    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run RUN from its last checkpoint")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")
@@ -175,11 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medcls.errors import USER_ERRORS
+    from medcls.io import DISK_FULL
 
     try:
         return args.fn(args)
     except USER_ERRORS as exc:
         print(f"medcls {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:  # a full disk met by a writer outside medcls.io (e.g. Lightning's log)
+            raise
+        print(f"medcls {args.command}: error: no space left on device while writing {exc.filename or 'the run'}; "
+              f"free some space and run again", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

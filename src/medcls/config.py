@@ -136,15 +136,29 @@ _RANGES = {
     ("data", "val_fraction"): (0.0, 0.9),
     ("data", "test_fraction"): (0.0, 0.9),
     ("data", "batch_size"): (1, 1 << 16),
+    ("data", "split_seed"): (0, 2**32 - 1),
+    ("data", "workers"): (0, 4096),
     ("train", "epochs"): (1, 100000),
     ("train", "lr"): (1e-12, 10.0),
     ("train", "label_smoothing"): (0.0, 0.5),
     ("train", "ema"): (0.0, 0.99999),
-    ("train", "warmup_epochs"): (0, 1000),
+    ("train", "seed"): (0, 2**32 - 1),  # outside it Lightning silently picks a random seed
+    ("train", "weight_decay"): (0.0, 1.0),
+    ("train", "warmup_epochs"): (0, 100000),
+    ("train", "lr_factor"): (0.0, 0.999),
+    ("train", "lr_patience"): (0, 100000),
+    ("train", "early_stopping_patience"): (0, 100000),
+    ("train", "threads"): (1, 4096),
+    ("train", "limit_train_batches"): (1, 1 << 40),
+    ("eval", "bootstrap"): (0, 1_000_000),
     ("eval", "target_sensitivity"): (0.0, 1.0),
     ("eval", "fixed_threshold"): (0.0, 1.0),
     ("augment", "zoom"): (0.0, 0.9),
     ("augment", "shift"): (0.0, 0.9),
+    ("augment", "rotation"): (0.0, 180.0),
+    ("augment", "brightness"): (0.0, 1.0),
+    ("augment", "contrast"): (0.0, 1.0),
+    ("augment", "mixup"): (0.0, 10.0),
 }
 
 
@@ -204,7 +218,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"config key '{section}.{key}': {value!r} is not one of {shown}")
     for (section, key), (lo, hi) in _RANGES.items():
         value = getattr(getattr(cfg, section), key)
-        if not lo <= value <= hi:
+        if value is not None and not lo <= value <= hi:
             raise ConfigError(f"config key '{section}.{key}': {value} is outside [{lo}, {hi}]")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("config keys 'data.val_fraction' + 'data.test_fraction' must be below 1")

@@ -20,7 +20,7 @@ import numpy as np
 from rich.progress import Progress
 
 from medcls.data.images import ImageLoadError, channels, load_image
-from medcls.io import atomic_path, atomic_write_json
+from medcls.io import atomic_path, atomic_write_json, reserve_space
 
 CACHE_VERSION = 1
 
@@ -79,6 +79,7 @@ def build_cache(
     jobs = [(str(p), color_mode, image_size) for p in paths]
     with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
+        reserve_space(tmp, tmp.stat().st_size)
         with Progress(disable=quiet, transient=True) as progress:
             task = progress.add_task(f"decoding {len(paths)} images to {image_size}px {color_mode}", total=len(paths))
             if workers > 1 and len(paths) > 64:

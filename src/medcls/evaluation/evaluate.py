@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix
 
 from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.config import config_from_dict
+from medcls.data.fingerprint import split_fingerprint
 from medcls.data.prepared import prepare_data
 from medcls.data.split import split_digest
 from medcls.evaluation import plots
@@ -68,6 +69,9 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     if info.test_digest and digest != info.test_digest:
         raise EvaluationError(f"the test split found in {data.index.root} does not match the one recorded in {ckpt} "
                               f"(files or labels differ); refusing to report numbers on a different test set")
+    if info.test_fingerprint and split_fingerprint(data.index, data.splits["test"]) != info.test_fingerprint:
+        raise EvaluationError(f"the test images in {data.index.root} have the names and labels recorded in {ckpt} "
+                              f"but different content (data fingerprint); refusing to report numbers on changed images")
     out = Path(out_dir) if out_dir else run
     out.mkdir(parents=True, exist_ok=True)
 

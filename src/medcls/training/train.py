@@ -24,6 +24,7 @@ from rich.console import Console
 
 from medcls.checkpoint import ModelInfo, save_checkpoint
 from medcls.config import Config, save_config
+from medcls.data.fingerprint import data_fingerprint, file_sha256
 from medcls.data.prepared import PreparedData, make_loader, prepare_data
 from medcls.data.split import split_digest, write_manifest
 from medcls.evaluation.calibration import fit_temperature
@@ -32,6 +33,8 @@ from medcls.io import atomic_write_json
 from medcls.models import build_model
 from medcls.models.inference import batch_logits, logits_to_probs
 from medcls.training.module import LitClassifier
+from medcls.training.resume import AtomicCheckpointIO, ExactResume, carry_over_log
+from medcls.validation import check_run_config
 
 console = Console(stderr=True)
 
@@ -64,6 +67,13 @@ class EpochTimer(pl.Callback):
                                 "images": self._images, "images_per_s": round(self._images / seconds, 2),
                                 "data_wait_fraction": round(self._waiting / seconds, 4)})
             self._images = 0
+
+    # kept in checkpoints, so a resumed run still reports every epoch
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = list(state["epochs"])
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -119,28 +129,32 @@ def _launched_worker() -> bool:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
-          callbacks: list[pl.Callback] | None = None) -> Path:
+          resume_from: str | Path | None = None, callbacks: list[pl.Callback] | None = None) -> Path:
     """Train a model as ``cfg`` says; return the run folder (holding ``model.pt``).
 
     The run folder is ``run_dir`` if given, else a new ``OUTPUT_DIR/NAME-TIMESTAMP``.
-    ``callbacks`` are extra Lightning callbacks. Under DDP, processes that Lightning
-    launches for ranks > 0 reuse rank 0's run folder; with torchrun or SLURM pass
-    the same ``run_dir`` to every rank."""
+    ``resume_from`` (a Lightning checkpoint in ``run_dir``) continues an interrupted run on
+    its own split; use :func:`medcls.training.resume.resume`. ``callbacks`` are extra
+    Lightning callbacks. Under DDP, processes that Lightning launches for ranks > 0 reuse
+    rank 0's run folder; with torchrun or SLURM pass the same ``run_dir`` to every rank."""
     tcfg = cfg.train
+    check_run_config(cfg)
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    data = prepare_data(cfg.data, quiet=quiet)
+    data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
     if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
         run_dir = os.environ["MEDCLS_RUN_DIR"]
     run = Path(run_dir) if run_dir else new_run_dir(cfg)
     run.mkdir(parents=True, exist_ok=True)
+    fingerprint = data_fingerprint(data.index, data.splits)
     if not _launched_worker():
         os.environ["MEDCLS_RUN_DIR"] = str(run)  # inherited by the rank processes Lightning launches
         save_config(cfg, run / "config.yaml")
         write_manifest(run / "manifest.csv", data.index, data.splits)
         atomic_write_json(run / "environment.json", environment())
-        atomic_write_json(run / "data.json", data_summary(data))
+        atomic_write_json(run / "data.json", {**data_summary(data), "fingerprint": fingerprint,
+                                              "manifest_sha256": file_sha256(run / "manifest.csv")})
 
     mean, std = data.channel_stats()
     net = build_model(cfg.model.arch, data.channels, len(data.classes), cfg.data.image_size, mean, std,
@@ -155,20 +169,25 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     val_loader = make_loader(data, "val", cfg.data.batch_size)
 
     mode = "min" if tcfg.monitor.endswith("loss") else "max"
-    best = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=tcfg.monitor, mode=mode,
-                           save_last=True)
+    best = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=tcfg.monitor, mode=mode)
+    # every epoch, for --resume (save_last only saves when the monitored metric improved); after
+    # ``best`` so that it holds this epoch's best-so-far
+    latest = ModelCheckpoint(dirpath=run / "checkpoints", filename="last")
     timer = EpochTimer()
-    callbacks = [best, timer, LearningRateMonitor("epoch"), *(callbacks or [])]
+    callbacks = [best, latest, timer, LearningRateMonitor("epoch"), ExactResume(train_loader), *(callbacks or [])]
     if tcfg.ema:
         callbacks.append(EMAWeightAveraging(decay=tcfg.ema))
     if tcfg.early_stopping_patience:
         callbacks.append(EarlyStopping(tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
     if not quiet:
         callbacks.append(RichProgressBar())
+    logger = CSVLogger(run, name="", version="")
+    if resume_from:
+        carry_over_log(logger, resume_from)
     trainer = pl.Trainer(
         max_epochs=tcfg.epochs, accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
         strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
-        logger=CSVLogger(run, name="", version=""), enable_progress_bar=not quiet,
+        logger=logger, plugins=[AtomicCheckpointIO()], enable_progress_bar=not quiet,
         enable_model_summary=not quiet, deterministic="warn", log_every_n_steps=10,
         limit_train_batches=tcfg.limit_train_batches, default_root_dir=run, num_sanity_val_steps=0,
     )
@@ -177,7 +196,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         # Lightning's advice about small epochs and log intervals is noise here.
         warnings.filterwarnings("ignore", message=".*(logging interval|LeafSpec|does not have many workers|"
                                 "No (positive|negative) samples|exists and is not empty).*")
-        trainer.fit(module, train_loader, val_loader)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return run
@@ -195,7 +214,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         color_mode=data.color_mode, mean=mean, std=std, temperature=temperature, tta=cfg.eval.tta,
         positive_class=data.index.positive_class, ordinal=data.index.ordinal,
         referable_from=data.index.referable_from,
-        test_digest=split_digest(data.index, data.splits, "test"), config=cfg.to_dict(),
+        test_digest=split_digest(data.index, data.splits, "test"), test_fingerprint=fingerprint["test"],
+        config=cfg.to_dict(),
     )
     why = "argmax of class probabilities"
     if info.binary and len(val_labels):
