@@ -4,8 +4,10 @@ array, with the attributes a test wants (rescale, window, VOI LUT, ...)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -35,3 +37,12 @@ def dicom_bytes(pixels: np.ndarray | None, photometric: str = "MONOCHROME2", bit
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def xray_dicom(jpeg: str | Path) -> bytes:
+    """A real X-ray as a viewer-ready DICOM: 12-bit, MONOCHROME1 (inverted) and a
+    LINEAR_EXACT window whose display output reproduces the JPEG's gray levels."""
+    gray = np.asarray(Image.open(jpeg).convert("L"), dtype=np.uint16)
+    stored = (255 - gray) * 16  # 0..4080 in 12 bits, bright bone stored low
+    return dicom_bytes(stored, "MONOCHROME1", bits_stored=12, WindowCenter=2040, WindowWidth=4080,
+                       VOILUTFunction="LINEAR_EXACT")
