@@ -86,7 +86,7 @@ def test_health_model_card_and_schema(client, trained_run):
     expected = Predictor.load(trained_run).info
     assert card["backend"] == "onnxruntime" and card["classes"] == CLASSES
     assert card["threshold"] == expected.threshold and card["image_size"] == 64
-    assert card["limits"] == {"max_upload_bytes": 20_000_000, "max_files": 16, "max_batch": 8}
+    assert card["limits"] == {"max_upload_bytes": 20_000_000, "max_files": 16, "max_batch": 1}
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["file"]["items"]["format"] == "binary"
@@ -126,7 +126,8 @@ def test_bad_inputs_get_clear_4xx_and_the_server_stays_up(client):
         ([("bomb.png", png_bomb(), "image/png")], 422, "bomb.png: image is too large (decompression bomb)"),
         ([("huge.jpeg", jpeg + bytes(21_000_000), "image/jpeg")], 413, "upload too large: the limit is 20 MB"),
         ([("report.txt", b"hello", "text/plain")], 415, "report.txt: content type text/plain is not an image"),
-        ([(f"{i}.jpeg", jpeg, "image/jpeg") for i in range(17)], 413, "too many files: 17 in one request, the limit is 16"),
+        ([(f"{i}.jpeg", jpeg, "image/jpeg") for i in range(17)], 413,
+         "too many files: 17 in one request, the limit is 16"),
         ([("film.dcm", dicom_bytes(np.zeros((2, 8, 8), np.uint16), bits_stored=12), "application/dicom")], 422,
          "film.dcm: multi-frame DICOM (2 frames) is not supported"),
         ([("ok.jpeg", jpeg, "image/jpeg"), ("empty.png", b"", "image/png")], 422, "empty.png: file is empty"),
@@ -231,7 +232,8 @@ def test_serving_a_checkpoint_in_a_thread(trained_run):
             time.sleep(0.05)
         url = "http://127.0.0.1:%d" % sock.getsockname()[1]
         with httpx.Client(base_url=url, timeout=30) as c:
-            assert c.get("/v1/model").json()["backend"] == "pytorch"
+            card = c.get("/v1/model").json()
+            assert card["backend"] == "pytorch" and card["limits"]["max_batch"] == 8
             got = post(c, (JPEG.name, JPEG_BYTES, "image/jpeg")).json()["predictions"][0]
         [want], _ = Predictor.load(trained_run).predict([JPEG])
         assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]

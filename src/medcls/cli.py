@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted request body")
     p.add_argument("--max-files", type=int, default=16, help="most images in one request")
-    p.add_argument("--max-batch", type=int, default=8, help="most concurrent images run together (1: no batching)")
+    p.add_argument("--max-batch", type=int, help="most concurrent images run together "
+                   "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime, where batches do not help)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("run", help="the main job: inspect, train, evaluate, save")

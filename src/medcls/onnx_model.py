@@ -54,6 +54,9 @@ def load_onnx(path: str | Path, batch_size: int = 32) -> tuple[OnnxBackend, Mode
         raise CheckpointError(f"ONNX model not found: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: a loaded model's optimiser notes are noise to users
+    # Idle worker threads sleep instead of spinning: on a CPU shared with image
+    # decoding (the service) or other programs, spinning doubled the latency.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  ONNX Runtime raises its own untyped errors for foreign bytes

@@ -27,7 +27,8 @@ def load_app(model: str | Path, settings: ServiceSettings | None = None):
     return create_app(predictor, model_id(model, predictor.info.arch), settings)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServiceSettings | None = None) -> None:
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServiceSettings | None = None) -> None:
     """Serve ``model`` on ``host:port`` until interrupted (loopback only by default)."""
     import uvicorn
 
