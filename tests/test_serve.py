@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medcls.predict import Predictor
+from medcls.serving.app import Predictions, image_result
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.server import load_app
 
@@ -156,6 +157,15 @@ def test_concurrent_requests_get_their_own_answers(client, server):
     for got, f in zip(together, files * 2):
         assert got["file"] == f.name
         assert got["probabilities"] == pytest.approx(alone[f.name]["probabilities"], abs=1e-6)
+
+
+def test_further_prediction_columns_flow_into_the_answer(trained_run):
+    row = {"path": "a.png", "prediction": "NORMAL", "p_NORMAL": 0.7, "p_PNEUMONIA": 0.3, "ood_score": 2.5}
+    result = image_result(row, Predictor.load(trained_run), "seed-cnn-abc", 1.234)
+    assert result == {"file": "a.png", "class": "NORMAL", "probabilities": {"NORMAL": 0.7, "PNEUMONIA": 0.3},
+                      "ood_score": 2.5, "threshold": result["threshold"], "model_id": "seed-cnn-abc", "latency_ms": 1.23}
+    answer = Predictions.model_validate({"model_id": "seed-cnn-abc", "predictions": [result]})
+    assert answer.model_dump(by_alias=True)["predictions"] == [result]
 
 
 def test_batcher_groups_concurrent_items_and_keeps_them_apart():
