@@ -38,22 +38,28 @@ def measure(predictor, data: bytes, repeats: int, warmup: int) -> dict:
             "decode_and_resize": percentiles(decode)}
 
 
-def batch_cost(predictor, data: bytes, sizes=(1, 8), repeats: int = 10) -> dict:
-    """Model-only wall and CPU time per image, for images run one by one or in batches:
-    the evidence behind the service's batching choice per backend."""
+def batch_cost(predictor, data: bytes, sizes=(1, 8), images_per_round: int = 24, rounds: int = 3) -> dict:
+    """Model-only wall and CPU time per image, for images run one by one or in
+    batches (rounds interleaved, medians reported): the evidence behind the
+    service's batching choice per backend."""
     import numpy as np
 
-    out = {}
-    for size in sizes:
-        images = np.repeat(predictor.preprocess(data)[None], size, axis=0)
-        predictor.logits(images)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(repeats):
+    batches = {size: np.repeat(predictor.preprocess(data)[None], size, axis=0) for size in sizes}
+    for images in batches.values():
+        for _ in range(3):
             predictor.logits(images)
-        n = repeats * size
-        out[f"batch_{size}"] = {"wall_ms_per_image": round((time.perf_counter() - t0) / n * 1000, 3),
-                                "cpu_ms_per_image": round((time.process_time() - c0) / n * 1000, 3)}
-    return out
+    wall: dict[int, list[float]] = {size: [] for size in sizes}
+    cpu: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(rounds):
+        for size, images in batches.items():
+            calls = images_per_round // size
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                predictor.logits(images)
+            wall[size].append((time.perf_counter() - t0) / (calls * size) * 1000)
+            cpu[size].append((time.process_time() - c0) / (calls * size) * 1000)
+    return {f"batch_{size}": {"wall_ms_per_image": round(float(np.median(wall[size])), 3),
+                              "cpu_ms_per_image": round(float(np.median(cpu[size])), 3)} for size in sizes}
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """Load test of the web service on loopback: N concurrent clients post one real
 chest X-ray each, request after request, for a bounded time; reports throughput,
 p50/p95/p99 latency and the error count, with batching of concurrent requests
-on (--max-batch 8) and off (1).
+on (--max-batch 8) and off (1), for the ONNX Runtime or the PyTorch backend.
 
-    PYTHONPATH=src python benchmarks/serve_load.py [--model model.pt] [--clients 8] [--duration 20]
+    PYTHONPATH=src python benchmarks/serve_load.py [--model model.pt] [--clients 8] [--backend pytorch]
 
-Starts `medcls serve` itself on a free 127.0.0.1 port (the exported ONNX model)
-and stops it at the end. Writes benchmarks/results/serve_load.json. Target:
+Starts `medcls serve` itself on a free 127.0.0.1 port and stops it at the end.
+Writes benchmarks/results/serve_load.json (serve_load_pytorch.json). Target:
 p95 <= 50 ms at 8 concurrent clients, zero errors."""
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring")
     parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 8, 1, 8],
                         help="server batch limits to compare, run in this order (alternating evens out load drift)")
-    parser.add_argument("--out", default=str(RESULTS / "serve_load.json"))
+    parser.add_argument("--backend", choices=["onnxruntime", "pytorch"], default="onnxruntime",
+                        help="serve the exported ONNX file or the checkpoint")
+    parser.add_argument("--out", help="default: benchmarks/results/serve_load.json (serve_load_pytorch.json)")
     args = parser.parse_args()
 
     from medcls.io import atomic_write_json
@@ -105,9 +107,10 @@ def main() -> None:
     data = Path(args.image).read_bytes()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        _, onnx, description = benchmark_model(args.model, Path(tmp))
+        checkpoint, onnx, description = benchmark_model(args.model, Path(tmp))
+        model = onnx if args.backend == "onnxruntime" else checkpoint
         for max_batch in args.max_batch:
-            with running_server(onnx, max_batch) as (url, pid):
+            with running_server(model, max_batch) as (url, pid):
                 server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
                 r = asyncio.run(load(url, data, args.clients, args.duration, args.warmup))
                 # CPU cost per request, warm-up included: unlike latency, a busy machine hardly changes it.
@@ -119,12 +122,13 @@ def main() -> None:
                   f"p95 {r['latency']['p95_ms']:.1f} ms, p99 {r['latency']['p99_ms']:.1f} ms, {r['errors']} errors; "
                   f"CPU per request: server {r['server_cpu_ms_per_request']} ms, "
                   f"client {r['client_cpu_ms_per_request']} ms")
-    report = {"benchmark": "service load on loopback (ONNX Runtime backend)", "model": description,
+    out = args.out or RESULTS / ("serve_load.json" if args.backend == "onnxruntime" else "serve_load_pytorch.json")
+    report = {"benchmark": f"service load on loopback ({args.backend} backend)", "model": description,
               "image": str(args.image), "machine": machine(), "load_average_after": os.getloadavg(),
               "command": "PYTHONPATH=src python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
               "target": {"clients": 8, "p95_ms": 50, "errors": 0}, "runs": runs}
-    atomic_write_json(args.out, report)
-    print(f"written to {args.out}")
+    atomic_write_json(out, report)
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

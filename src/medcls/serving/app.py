@@ -42,9 +42,10 @@ PREVIEW_SIZE = 512
 ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 
 
-# Measured on a 2-core CPU with the 224 px seed CNN (benchmarks/): PyTorch spends
-# 5x less CPU per image in batches of 8 than one by one; ONNX Runtime spends the
-# same, so there batches only make requests wait for each other.
+# Measured on a busy 2-core CPU with the 224 px seed CNN (benchmarks/): PyTorch's
+# per-call thread synchronisation costs 1.7-5x more CPU per image one by one than
+# in batches of 8 when the CPU is contended; ONNX Runtime (no spin-waiting) costs
+# the same either way, and batches of 8 lowered the service's throughput.
 AUTO_BATCH = {"pytorch": 8, "onnxruntime": 1}
 
 
