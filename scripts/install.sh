@@ -22,3 +22,10 @@ target="."
 [ -n "$extras" ] && target=".[$extras]"
 echo "installing medcls$([ -n "$extras" ] && echo "[$extras]") into $venv ..."
 pip install -e "$target"
+
+# The web page tests drive Debian's chromium through Playwright, which must
+# never download a browser of its own: install the system one when missing.
+if [[ ",$extras," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
+    echo "installing chromium (Debian package, for the web page tests) ..."
+    apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null
+fi

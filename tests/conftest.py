@@ -43,3 +43,11 @@ def trained_run(tmp_path_factory, xray_root) -> Path:
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(ROOT / "configs" / "pneumonia-quick.yaml", quick_overrides(out))
     return train(cfg, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def trained_onnx(trained_run) -> Path:
+    """The ``trained_run`` model exported to ONNX (the export verifies it against PyTorch)."""
+    from medcls.export import export_onnx
+
+    return export_onnx(trained_run, trained_run / "model.onnx").path

@@ -108,6 +108,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from medcls.export import export_onnx
+
+    result = export_onnx(args.checkpoint, args.out)
+    print(f"exported {result.path} (ONNX opset {result.opset}); max |ONNX - PyTorch| on a test batch: "
+          f"logits {result.max_abs_diff_logits:.2e}, features {result.max_abs_diff_features:.2e}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from medcls.serving.app import ServiceSettings
+    from medcls.serving.server import serve
+
+    serve(args.model, args.host, args.port, ServiceSettings(
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_files=args.max_files, max_batch=args.max_batch))
+    return 0
+
+
 def cmd_run(args) -> int:
     from medcls.pipeline import run_pipeline
 
@@ -174,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--markdown", help="also write the table as Markdown to this file")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, verified against PyTorch")
+    p.add_argument("checkpoint", help="checkpoint (model.pt) or run folder")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    p.add_argument("--out", "-o", help="output file (default: beside the checkpoint, .onnx)")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("serve", help="web service and page for a model (checkpoint or .onnx)")
+    p.add_argument("--model", "-m", required=True, help="checkpoint (model.pt), run folder or exported .onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted request body")
+    p.add_argument("--max-files", type=int, default=16, help="most images in one request")
+    p.add_argument("--max-batch", type=int, help="most concurrent images run together "
+                   "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime, where batches do not help)")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("run", help="the main job: inspect, train, evaluate, save")
     with_config(p)

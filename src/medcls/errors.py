@@ -5,8 +5,9 @@ from medcls.config import ConfigError
 from medcls.data.datasets import DataError
 from medcls.data.images import ImageLoadError
 from medcls.evaluation.evaluate import EvaluationError
+from medcls.export import ExportError
 from medcls.io import DiskFullError
 from medcls.registry import UnknownNameError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
-               FileNotFoundError, DiskFullError)
+               ExportError, FileNotFoundError, DiskFullError)

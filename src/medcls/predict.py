@@ -1,6 +1,7 @@
 """Prediction on image files with a saved model: the :class:`Predictor` (all
-preprocessing, calibrated probabilities and the stored threshold) and the
-stable output table (``path``, ``prediction``, one ``p_<CLASS>`` per class)."""
+preprocessing, calibrated probabilities and the stored threshold; a PyTorch
+checkpoint or an exported ONNX file behind one interface) and the stable
+output table (``path``, ``prediction``, one ``p_<CLASS>`` per class)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
 from medcls.io import atomic_write_text
 from medcls.models.inference import batch_logits, logits_to_probs
+from medcls.onnx_model import OnnxBackend, load_onnx
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -34,16 +36,46 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo) ->
             for name, k, row in zip(names, labels, probs)]
 
 
-class Predictor:
-    """A loaded model that turns images (paths or bytes) into calibrated predictions."""
+class TorchBackend:
+    """Runs a PyTorch network on uint8 images, in batches."""
 
-    def __init__(self, net: torch.nn.Module, info: ModelInfo, batch_size: int = 32):
-        self.net, self.info, self.batch_size = net.eval(), info, batch_size
+    name = "pytorch"
+
+    def __init__(self, net: torch.nn.Module, batch_size: int = 32, tta: bool = False):
+        self.net, self.batch_size, self.tta = net.eval(), batch_size, tta
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return batch_logits(self.net, images, self.batch_size, tta=self.tta)
+
+
+class Predictor:
+    """A loaded model that turns images (paths or bytes) into calibrated predictions.
+
+    ``model`` is a PyTorch network or a backend with ``.logits(images)`` (e.g.
+    :class:`~medcls.onnx_model.OnnxBackend`); :meth:`load` picks by file suffix.
+    """
+
+    def __init__(self, model: torch.nn.Module | OnnxBackend, info: ModelInfo, batch_size: int = 32):
+        self.backend = (TorchBackend(model, batch_size, info.tta) if isinstance(model, torch.nn.Module) else model)
+        self.net = getattr(self.backend, "net", None)  # the PyTorch network; None for ONNX
+        self.info, self.batch_size = info, batch_size
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
         net, info = load_checkpoint(path)
         return cls(net, info, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, batch_size: int = 32) -> "Predictor":
+        backend, info = load_onnx(path, batch_size)
+        return cls(backend, info, batch_size)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs) -> "Predictor":
+        """An exported ``.onnx`` file runs on ONNX Runtime; a checkpoint or run folder on PyTorch."""
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path, **kwargs)
+        return cls.from_checkpoint(path, **kwargs)
 
     @property
     def classes(self) -> list[str]:
@@ -54,11 +86,15 @@ class Predictor:
         return load_image(source, self.info.color_mode, self.info.image_size)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return batch_logits(self.net, images, self.batch_size, tta=self.info.tta)
+        return self.backend.logits(images)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities ``(N, K)`` for preprocessed uint8 images."""
         return logits_to_probs(self.logits(images), self.info.temperature)
+
+    def predict_rows(self, images: np.ndarray, names: Sequence[str]) -> list[dict]:
+        """Prediction rows (the stable table) for preprocessed uint8 images."""
+        return prediction_rows(names, self.predict_arrays(images), self.info)
 
     def predict(self, sources: Iterable[Source], names: Sequence[str] | None = None
                 ) -> tuple[list[dict], dict[str, str]]:
@@ -74,7 +110,7 @@ class Predictor:
                 errors[name] = exc.reason
         if not arrays:
             return [], errors
-        return prediction_rows(kept, self.predict_arrays(np.stack(arrays)), self.info), errors
+        return self.predict_rows(np.stack(arrays), kept), errors
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -111,11 +147,11 @@ def write_predictions(rows: list[dict], out: str | Path) -> Path:
 
 def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None
                   ) -> tuple[list[dict], dict[str, str]]:
-    """Predict image files and folders with the checkpoint ``model`` (default: the shipped
-    model); optionally write ``out``."""
+    """Predict image files and folders with ``model`` (checkpoint or ONNX; default: the
+    shipped model); optionally write ``out``."""
     from medcls.assets import shipped_model
 
-    predictor = Predictor.from_checkpoint(model or shipped_model())
+    predictor = Predictor.load(model or shipped_model())
     files = expand_paths(paths)
     rows, errors = predictor.predict(files)
     if out is not None:

@@ -1,0 +1,53 @@
+"""Shared by the benchmarks: the model to measure and the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT.parent / "shared" / "data" / "chest_xray" / "test" / "PNEUMONIA" / "person1_virus_6.jpeg"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def benchmark_model(model: str | None, workdir: Path) -> tuple[Path, Path, str]:
+    """(checkpoint, exported ONNX, description): ``model`` if given, else a randomly
+    initialised 224 px grayscale seed CNN (the faithful recipe's network; latency
+    does not depend on the weights)."""
+    from medcls.checkpoint import ModelInfo, build_net, save_checkpoint
+    from medcls.export import export_onnx
+
+    if model:
+        checkpoint = Path(model)
+        description = f"checkpoint {checkpoint}"
+    else:
+        import torch
+
+        torch.manual_seed(0)
+        info = ModelInfo(arch="seed-cnn", arch_kwargs={}, classes=["NORMAL", "PNEUMONIA"], image_size=224,
+                         color_mode="grayscale", mean=[0.5], std=[0.25], positive_class="PNEUMONIA")
+        checkpoint = save_checkpoint(workdir / "model.pt", build_net(info), info)
+        description = "seed-cnn, 224 px grayscale, randomly initialised (latency only)"
+    onnx = export_onnx(checkpoint, workdir / "model.onnx").path
+    return checkpoint, onnx, description
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__}
+
+
+def percentiles(ms: list[float]) -> dict:
+    import numpy as np
+
+    a = np.asarray(ms)
+    return {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
+            "p99_ms": round(float(np.percentile(a, 99)), 3), "mean_ms": round(float(a.mean()), 3),
+            "min_ms": round(float(a.min()), 3)}

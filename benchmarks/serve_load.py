@@ -1,0 +1,135 @@
+"""Load test of the web service on loopback: N concurrent clients post one real
+chest X-ray each, request after request, for a bounded time; reports throughput,
+p50/p95/p99 latency and the error count, with batching of concurrent requests
+on (--max-batch 8) and off (1), for the ONNX Runtime or the PyTorch backend.
+
+    PYTHONPATH=src python benchmarks/serve_load.py [--model model.pt] [--clients 8] [--backend pytorch]
+
+Starts `medcls serve` itself on a free 127.0.0.1 port and stops it at the end.
+Writes benchmarks/results/serve_load.json (serve_load_pytorch.json). Target:
+p95 <= 50 ms at 8 concurrent clients, zero errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from common import IMAGE, RESULTS, ROOT, benchmark_model, machine, percentiles
+
+
+@contextmanager
+def running_server(model: Path, max_batch: int):
+    """`medcls serve` on a free loopback port; yields its URL and process id, stops it afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "medcls.cli", "serve", "--model", str(model), "--port", str(port),
+                             "--max-batch", str(max_batch)], env=env, stdout=subprocess.DEVNULL)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"medcls serve exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("medcls serve did not start within 120 s") from None
+            time.sleep(0.3)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(url: str, data: bytes, clients: int, duration: float, warmup: float) -> dict:
+    """``clients`` loops posting ``data``; requests started during ``warmup`` are not counted."""
+    latencies, server_ms, errors = [], [], []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            while (t0 := time.perf_counter()) < stop_at:
+                try:
+                    res = await c.post("/v1/predict", files=[("file", ("xray.jpeg", data, "image/jpeg"))])
+                    ok = res.status_code == 200
+                    detail = None if ok else f"{res.status_code} {res.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                if t0 >= measure_from:
+                    if ok:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                        server_ms.append(res.json()["predictions"][0]["latency_ms"])
+                    else:
+                        errors.append(detail)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return {"clients": clients, "duration_s": duration, "requests": len(latencies) + len(errors),
+            "errors": len(errors), "first_errors": errors[:5],
+            "throughput_rps": round(len(latencies) / duration, 1), "latency": percentiles(latencies),
+            "server_latency": percentiles(server_ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint or run folder (default: a random 224 px seed CNN)")
+    parser.add_argument("--image", default=str(IMAGE))
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=15, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring")
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 8, 1, 8],
+                        help="server batch limits to compare, run in this order (alternating evens out load drift)")
+    parser.add_argument("--backend", choices=["onnxruntime", "pytorch"], default="onnxruntime",
+                        help="serve the exported ONNX file or the checkpoint")
+    parser.add_argument("--out", help="default: benchmarks/results/serve_load.json (serve_load_pytorch.json)")
+    args = parser.parse_args()
+
+    from medcls.io import atomic_write_json
+
+    data = Path(args.image).read_bytes()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, onnx, description = benchmark_model(args.model, Path(tmp))
+        model = onnx if args.backend == "onnxruntime" else checkpoint
+        for max_batch in args.max_batch:
+            with running_server(model, max_batch) as (url, pid):
+                server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+                r = asyncio.run(load(url, data, args.clients, args.duration, args.warmup))
+                # CPU cost per request, warm-up included: unlike latency, a busy machine hardly changes it.
+                done = r["requests"] * (args.duration + args.warmup) / args.duration
+                r["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - server_cpu) / done * 1000, 2)
+                r["client_cpu_ms_per_request"] = round((time.process_time() - client_cpu) / done * 1000, 2)
+                runs.append({"max_batch": max_batch, **r})
+            print(f"max_batch={max_batch}: {r['throughput_rps']} req/s, p50 {r['latency']['p50_ms']:.1f} ms, "
+                  f"p95 {r['latency']['p95_ms']:.1f} ms, p99 {r['latency']['p99_ms']:.1f} ms, {r['errors']} errors; "
+                  f"CPU per request: server {r['server_cpu_ms_per_request']} ms, "
+                  f"client {r['client_cpu_ms_per_request']} ms")
+    out = args.out or RESULTS / ("serve_load.json" if args.backend == "onnxruntime" else "serve_load_pytorch.json")
+    report = {"benchmark": f"service load on loopback ({args.backend} backend)", "model": description,
+              "image": str(args.image), "machine": machine(), "load_average_after": os.getloadavg(),
+              "command": "PYTHONPATH=src python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
+              "target": {"clients": 8, "p95_ms": 50, "errors": 0}, "runs": runs}
+    atomic_write_json(out, report)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

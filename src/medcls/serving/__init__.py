@@ -1,0 +1,1 @@
+"""Serving a model: the FastAPI web service and its web page (``medcls serve``)."""

@@ -1,0 +1,37 @@
+"""Starting the service: load the model (checkpoint or ONNX), name it, run uvicorn."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from medcls.predict import Predictor
+from medcls.serving.app import ServiceSettings, create_app
+
+
+def model_id(path: str | Path, arch: str) -> str:
+    """``<arch>-<first 12 hex digits of the file's SHA-256>``: changes whenever the weights do."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{arch}-{digest.hexdigest()[:12]}"
+
+
+def load_app(model: str | Path, settings: ServiceSettings | None = None):
+    """The FastAPI app serving ``model`` (``model.pt``, a run folder or an exported ``.onnx``)."""
+    predictor = Predictor.load(model)
+    return create_app(predictor, model_id(model, predictor.info.arch), settings)
+
+
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServiceSettings | None = None) -> None:
+    """Serve ``model`` on ``host:port`` until interrupted (loopback only by default)."""
+    import uvicorn
+
+    app = load_app(model, settings)
+    print(f"medcls: serving {model} at http://{host}:{port}/ (API docs: /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

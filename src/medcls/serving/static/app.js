@@ -1,0 +1,90 @@
+// The medcls page: upload one image, show it as the model reads it, its
+// prediction and a probability bar per class. No external resources.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let model = null;
+
+async function problem(response) {
+  try { return (await response.json()).detail || response.statusText; }
+  catch { return `${response.status} ${response.statusText}`; }
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function bar(cls, p, chosen) {
+  const row = document.createElement("div");
+  row.className = "bar" + (chosen ? " chosen" : "");
+  row.innerHTML = '<div class="label"><span></span><span></span></div><div class="track"><div class="fill"></div></div>';
+  row.querySelector(".label span:first-child").textContent = cls;
+  row.querySelector(".label span:last-child").textContent = (100 * p).toFixed(1) + " %";
+  row.querySelector(".fill").style.width = (100 * p).toFixed(1) + "%";
+  row.setAttribute("role", "meter");
+  row.setAttribute("aria-label", `probability of ${cls}`);
+  row.setAttribute("aria-valuemin", "0");
+  row.setAttribute("aria-valuemax", "1");
+  row.setAttribute("aria-valuenow", String(p));
+  return row;
+}
+
+function showResult(r) {
+  $("result-class").textContent = r.class;
+  const probs = Object.entries(r.probabilities);
+  const shown = model && model.positive_class ? model.positive_class : r.class;
+  let text = `${r.class}: p(${shown}) = ${r.probabilities[shown].toFixed(3)}`;
+  if (r.threshold !== null) text += `, threshold ${r.threshold.toFixed(3)}`;
+  $("result-text").textContent = text;
+  $("bars").replaceChildren(...probs.map(([c, p]) => bar(c, p, c === r.class)));
+  $("details").textContent = `model ${r.model_id} · ${r.latency_ms.toFixed(1)} ms on the server`;
+  $("status").textContent = "";
+}
+
+async function classify(file) {
+  showError("");
+  if (model && file.size > model.limits.max_upload_bytes) {
+    showError(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the limit is ${model.limits.max_upload_bytes / 1e6} MB`);
+    return;
+  }
+  $("output").hidden = false;
+  $("filename").textContent = file.name;
+  $("status").textContent = "classifying…";
+  ["result-class", "result-text", "details"].forEach((id) => ($(id).textContent = ""));
+  $("bars").replaceChildren();
+  const form = () => { const f = new FormData(); f.append("file", file, file.name); return f; };
+  let answer, preview;
+  try {
+    [answer, preview] = await Promise.all([
+      fetch("/v1/predict", { method: "POST", body: form() }),
+      fetch("/v1/preview", { method: "POST", body: form() }),
+    ]);
+  } catch (err) {
+    $("output").hidden = true;
+    showError(`cannot reach the server (${err.message})`);
+    return;
+  }
+  if (!answer.ok) {
+    $("output").hidden = true;
+    showError(await problem(answer));
+    return;
+  }
+  if (preview.ok) $("preview").src = URL.createObjectURL(await preview.blob());
+  showResult((await answer.json()).predictions[0]);
+}
+
+async function loadModel() {
+  const response = await fetch("/v1/model");
+  if (!response.ok) { $("model").textContent = "model unavailable: " + (await problem(response)); return; }
+  model = await response.json();
+  $("model").textContent = `model ${model.model_id} (${model.arch}, ${model.image_size} px ${model.color_mode}) · ` +
+    `classes: ${model.classes.join(", ")}`;
+}
+
+const drop = $("drop");
+$("file").addEventListener("change", (e) => { if (e.target.files.length) classify(e.target.files[0]); });
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) classify(e.dataTransfer.files[0]); });
+loadModel();
