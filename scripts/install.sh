@@ -22,3 +22,13 @@ target="."
 [ -n "$extras" ] && target=".[$extras]"
 echo "installing medcls$([ -n "$extras" ] && echo "[$extras]") into $venv ..."
 pip install -e "$target"
+
+# The test extra opens HTML reports in a real headless Chromium: Debian's package
+# (Playwright drives it; no browser download).
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+    echo "installing chromium (Debian package, for the report tests) ..."
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+fi

@@ -5,7 +5,9 @@ from medcls.config import ConfigError
 from medcls.data.datasets import DataError
 from medcls.data.images import ImageLoadError
 from medcls.evaluation.evaluate import EvaluationError
+from medcls.explain.gradcam import ExplainError
 from medcls.registry import UnknownNameError
+from medcls.reporting.report import ReportError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
-               FileNotFoundError)
+               FileNotFoundError, ExplainError, ReportError)
