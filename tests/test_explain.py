@@ -91,7 +91,7 @@ def test_multiclass_maps(fundus_run, tmp_path, method):
 def test_layer_override_and_clear_errors(trained_run):
     default = Explainer.from_checkpoint(trained_run)
     earlier = Explainer.from_checkpoint(trained_run, layer="backbone.9")
-    image = default.predictor.preprocess(XRAY_PAIR[1])[None]
+    image = np.stack([default.predictor.preprocess(XRAY_PAIR[1])])
     assert np.abs(default.maps(image) - earlier.maps(image)).mean() > 0.01
     with pytest.raises(ExplainError, match="no layer named 'backbone.99'"):
         Explainer.from_checkpoint(trained_run, layer="backbone.99")

@@ -166,6 +166,8 @@ class Explainer:
                 classes: Sequence[int] | None = None) -> list[Explanation]:
         """Explain images (their predicted classes unless ``classes`` are given), in one
         batch; each heat map is resized to its original image's own size."""
+        if not sources:
+            return []
         names = list(names) if names is not None else [str(s) for s in sources]
         model_input = np.stack([self.predictor.preprocess(s) for s in sources])
         probs = self.predictor.predict_arrays(model_input)
