@@ -112,6 +112,8 @@ def test_shortcut_fraction_of_energy_outside_the_region():
         summary = summarize(fractions, np.array([0, 1, 0, 1]), ["a", "b"], mask, region)
         assert summary["flat_maps"] == 1 and summary["images"] == 4
         assert summary["flag"] and summary["share_mostly_outside"] == pytest.approx(1 / 3, abs=1e-3)
+        diffuse = summarize(np.array([0.45, 0.3, 0.4, 0.2]), np.zeros(4, int), ["a", "b"], mask, region)
+        assert not diffuse["flag"] and diffuse["mean_outside"] == pytest.approx(0.3375, abs=1e-4)
     assert 0.3 < 1 - region_mask(64, 64, "box").mean() < 0.4
     assert 1 - region_mask(100, 100, "ellipse").mean() == pytest.approx(1 - np.pi / 4, abs=0.01)
 

@@ -13,6 +13,9 @@ REGIONS = {
     "ellipse": "inscribed ellipse: the fundus disc; the background corners lie outside",
 }
 BOX_MARGIN = 0.10
+# Flagged when more than this share of the maps put most of their energy outside:
+# a diffuse map is uninformative, a map drawn to a marker or border is a shortcut.
+FLAG_SHARE = 0.10
 
 
 def default_region(dataset: str) -> str:
@@ -44,17 +47,18 @@ def outside_fraction(cams: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def summarize(fractions: np.ndarray, labels: np.ndarray, classes: list[str], mask: np.ndarray,
               region: str) -> dict:
     """The check's numbers: mean and median share outside, against the area outside
-    (what a uniform map would give), the share of maps mostly outside, per true class."""
+    (what a uniform map would give), the share of maps mostly outside (which raises
+    the flag above ``FLAG_SHARE``), the mean per true class."""
     ok = ~np.isnan(fractions)
     area = float(1.0 - mask.mean())
     mean = float(fractions[ok].mean()) if ok.any() else float("nan")
+    mostly = float((fractions[ok] > 0.5).mean()) if ok.any() else float("nan")
     by_class = {c: float(fractions[ok & (labels == k)].mean()) for k, c in enumerate(classes)
                 if (ok & (labels == k)).any()}
     return {
         "region": region, "region_description": REGIONS[region], "images": int(len(fractions)),
         "flat_maps": int((~ok).sum()), "area_outside": round(area, 4), "mean_outside": round(mean, 4),
         "median_outside": round(float(np.median(fractions[ok])), 4) if ok.any() else float("nan"),
-        "share_mostly_outside": round(float((fractions[ok] > 0.5).mean()), 4) if ok.any() else float("nan"),
-        "by_class": {c: round(v, 4) for c, v in by_class.items()},
-        "flag": bool(ok.any() and mean > area),
+        "share_mostly_outside": round(mostly, 4), "by_class": {c: round(v, 4) for c, v in by_class.items()},
+        "flag": bool(ok.any() and mostly > FLAG_SHARE),
     }
