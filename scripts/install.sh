@@ -23,9 +23,12 @@ target="."
 echo "installing medcls$([ -n "$extras" ] && echo "[$extras]") into $venv ..."
 pip install -e "$target"
 
-# The web page tests drive Debian's chromium through Playwright, which must
-# never download a browser of its own: install the system one when missing.
-if [[ ",$extras," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
-    echo "installing chromium (Debian package, for the web page tests) ..."
-    apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null
+# The test extra opens HTML reports in a real headless Chromium: Debian's package
+# (Playwright drives it; no browser download).
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+    echo "installing chromium (Debian package, for the report and web page tests) ..."
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
 fi

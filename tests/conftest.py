@@ -51,3 +51,16 @@ def trained_onnx(trained_run) -> Path:
     from medcls.export import export_onnx
 
     return export_onnx(trained_run, trained_run / "model.onnx").path
+
+
+@pytest.fixture(scope="session")
+def fundus_run(tmp_path_factory) -> Path:
+    """A one-epoch 5-grade seed-CNN run on a real retinopathy subset (64 px RGB)."""
+    from medcls.config import load_config
+    from medcls.training.train import train
+
+    if not FUNDUS.is_dir():
+        pytest.fail(f"test data not found at {FUNDUS} (set MEDCLS_TEST_DATA)")
+    out = tmp_path_factory.mktemp("fundus-runs")
+    cfg = load_config(None, quick_overrides(out, FUNDUS, limit=16, epochs=1) + ["data.dataset=retinopathy"])
+    return train(cfg, quiet=True)

@@ -85,6 +85,11 @@ def cmd_predict(args) -> int:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if args.out:
         print(f"{len(rows)} prediction(s) written to {args.out}")
+    if args.explain and rows:
+        from medcls.explain.gradcam import explain_files
+
+        written = explain_files([r["path"] for r in rows], args.model, args.explain, args.cam, args.cam_layer)
+        print(f"{len(written)} heat-map overlay(s) written to {args.explain}")
     return 0 if rows or not errors else EXIT_USER_ERROR
 
 
@@ -126,6 +131,14 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from medcls.reporting.report import write_report
+
+    summary = write_report(args.run, args.eval_dir, method=args.cam)
+    print(f"report written to {summary['html']}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from medcls.pipeline import run_pipeline
 
@@ -138,6 +151,14 @@ def cmd_run(args) -> int:
         print("for the full faithful recipe (224 px grayscale seed CNN): "
               "medcls run --config configs/pneumonia-seed-cnn.yaml")
     return 0
+
+
+def add_cam_options(p, layer: bool = True) -> None:
+    from medcls.explain import DEFAULT_METHOD, METHOD_NAMES
+
+    p.add_argument("--cam", choices=METHOD_NAMES, default=DEFAULT_METHOD, help="heat-map method")
+    if layer:
+        p.add_argument("--cam-layer", help="module to explain, e.g. backbone.layer4 (default: the last feature map)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", "-m", help="checkpoint (model.pt) or run folder (default: the shipped model)")
     p.add_argument("--out", "-o", help="write predictions to FILE.csv or FILE.json")
+    p.add_argument("--explain", metavar="OUT_DIR", help="also write a heat-map overlay PNG per image into OUT_DIR")
+    add_cam_options(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("compare", help="runs side by side (metrics, size, cost)")
@@ -208,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, help="most concurrent images run together "
                    "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime, where batches do not help)")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of an evaluated run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--eval-dir", help="folder of the evaluation's outputs, if not the run folder")
+    add_cam_options(p, layer=False)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("run", help="the main job: inspect, train, evaluate, save")
     with_config(p)

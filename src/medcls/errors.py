@@ -7,7 +7,9 @@ from medcls.data.images import ImageLoadError
 from medcls.evaluation.evaluate import EvaluationError
 from medcls.export import ExportError
 from medcls.io import DiskFullError
+from medcls.explain.gradcam import ExplainError
 from medcls.registry import UnknownNameError
+from medcls.reporting.report import ReportError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
-               ExportError, FileNotFoundError, DiskFullError)
+               ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError)

@@ -22,6 +22,7 @@ from medcls.evaluation.metrics import binary_metrics, bootstrap_ci, multiclass_m
 from medcls.io import atomic_write_json
 from medcls.models.inference import batch_logits, logits_to_probs
 from medcls.predict import decide, prediction_rows, write_predictions
+from medcls.reporting.report import write_report
 
 console = Console(stderr=True)
 
@@ -54,8 +55,8 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
              bootstrap: int | None = None, quiet: bool = False) -> dict:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
 
-    Writes ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir``
-    (default: the run folder) and returns the metrics.
+    Writes ``metrics.json``, ``predictions.csv``, PNG plots and ``report.html``
+    into ``out_dir`` (default: the run folder) and returns the metrics.
     """
     ckpt, run = resolve_checkpoint(target)
     net, info = load_checkpoint(ckpt)
@@ -103,6 +104,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     plots.plot_pr(y, probs, info.classes, out / "pr.png")
     plots.plot_reliability(y, probs, out / "reliability.png")
     plots.plot_training_curves(run / "metrics.csv", out / "training_curves.png")
+    result["shortcut_check"] = write_report(run, out, result)["shortcut_check"]  # report.html, Grad-CAM
     atomic_write_json(out / "metrics.json", result)
     if not quiet:
         print_metrics(result)
