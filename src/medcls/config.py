@@ -102,6 +102,8 @@ class EvalConfig:
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False
+    ood_method: str = "mahalanobis"  # out-of-distribution score: mahalanobis | energy | max-logit
+    ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
 
 
 @dataclass
@@ -126,6 +128,7 @@ _CHOICES = {
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
+    ("eval", "ood_method"): {"mahalanobis", "energy", "max-logit"},
 }
 
 _RANGES = {
@@ -139,6 +142,7 @@ _RANGES = {
     ("train", "ema"): (0.0, 0.99999),
     ("eval", "target_sensitivity"): (0.0, 1.0),
     ("eval", "fixed_threshold"): (0.0, 1.0),
+    ("eval", "ood_flag_rate"): (0.001, 0.5),
     ("augment", "zoom"): (0.0, 0.9),
     ("augment", "shift"): (0.0, 0.9),
 }

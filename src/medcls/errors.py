@@ -5,7 +5,8 @@ from medcls.config import ConfigError
 from medcls.data.datasets import DataError
 from medcls.data.images import ImageLoadError
 from medcls.evaluation.evaluate import EvaluationError
+from medcls.evaluation.ood_eval import OODEvaluationError
 from medcls.registry import UnknownNameError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
-               FileNotFoundError)
+               FileNotFoundError, OODEvaluationError)

@@ -1,6 +1,7 @@
 """Prediction on image files with a saved model: the :class:`Predictor` (all
 preprocessing, calibrated probabilities and the stored threshold) and the
-stable output table (``path``, ``prediction``, one ``p_<CLASS>`` per class)."""
+stable output table (``path``, ``prediction``, one ``p_<CLASS>`` per class, then
+``ood_score`` and ``in_distribution``: whether the image looks like the training data)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 
 from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
+from medcls.evaluation.ood import OODDetector, logits_and_features, ood_columns
 from medcls.io import atomic_write_text
-from medcls.models.inference import batch_logits, logits_to_probs
+from medcls.models.inference import WithFeatures, batch_logits, logits_to_probs
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -26,12 +28,14 @@ def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
-def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo) -> list[dict]:
-    """The stable table: ``path``, ``prediction``, then ``p_<CLASS>`` for each class."""
+def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo,
+                    ood_scores: np.ndarray | None = None) -> list[dict]:
+    """The stable table: ``path``, ``prediction``, then ``p_<CLASS>`` for each class, then
+    ``ood_score`` and ``in_distribution`` (None for a model without an OOD detector)."""
     labels = decide(probs, info)
     return [{"path": name, "prediction": info.classes[k],
-             **{f"p_{c}": round(float(p), 6) for c, p in zip(info.classes, row)}}
-            for name, k, row in zip(names, labels, probs)]
+             **{f"p_{c}": round(float(p), 6) for c, p in zip(info.classes, row)}, **ood}
+            for name, k, row, ood in zip(names, labels, probs, ood_columns(ood_scores, info, len(names)))]
 
 
 class Predictor:
@@ -39,6 +43,8 @@ class Predictor:
 
     def __init__(self, net: torch.nn.Module, info: ModelInfo, batch_size: int = 32):
         self.net, self.info, self.batch_size = net.eval(), info, batch_size
+        self.ood = OODDetector.from_info(info)
+        self._with_features = WithFeatures(self.net) if self.ood else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -60,6 +66,13 @@ class Predictor:
         """Calibrated class probabilities ``(N, K)`` for preprocessed uint8 images."""
         return logits_to_probs(self.logits(images), self.info.temperature)
 
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and OOD scores (None without a detector) of preprocessed uint8 images, in one pass."""
+        if self.ood is None:
+            return self.logits(images), None
+        logits, features = logits_and_features(self._with_features, images, self.batch_size)
+        return logits, self.ood.score(features, logits)
+
     def predict(self, sources: Iterable[Source], names: Sequence[str] | None = None
                 ) -> tuple[list[dict], dict[str, str]]:
         """Predict each source; returns (rows, {name: error}) for those that could not be read."""
@@ -74,7 +87,8 @@ class Predictor:
                 errors[name] = exc.reason
         if not arrays:
             return [], errors
-        return prediction_rows(kept, self.predict_arrays(np.stack(arrays)), self.info), errors
+        logits, ood_scores = self.outputs(np.stack(arrays))
+        return prediction_rows(kept, logits_to_probs(logits, self.info.temperature), self.info, ood_scores), errors
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
