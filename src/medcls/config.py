@@ -102,7 +102,7 @@ class EvalConfig:
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False
-    ood_method: str = "mahalanobis"  # out-of-distribution score: mahalanobis | energy | max-logit
+    ood_method: str = "mahalanobis-multiscale"  # out-of-distribution score (see medcls.evaluation.ood.METHODS)
     ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
 
 
@@ -128,7 +128,7 @@ _CHOICES = {
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
-    ("eval", "ood_method"): {"mahalanobis", "energy", "max-logit"},
+    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit"},
 }
 
 _RANGES = {

@@ -16,9 +16,9 @@ import torch
 
 from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
-from medcls.evaluation.ood import OODDetector, logits_and_features, ood_columns
+from medcls.evaluation.ood import OODDetector, OODFeatures, logits_and_features, ood_columns
 from medcls.io import atomic_write_text
-from medcls.models.inference import WithFeatures, batch_logits, logits_to_probs
+from medcls.models.inference import batch_logits, logits_to_probs
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -44,7 +44,7 @@ class Predictor:
     def __init__(self, net: torch.nn.Module, info: ModelInfo, batch_size: int = 32):
         self.net, self.info, self.batch_size = net.eval(), info, batch_size
         self.ood = OODDetector.from_info(info)
-        self._with_features = WithFeatures(self.net) if self.ood else None
+        self._features = OODFeatures(self.net, info.image_size, info.in_channels) if self.ood else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -70,7 +70,7 @@ class Predictor:
         """Logits and OOD scores (None without a detector) of preprocessed uint8 images, in one pass."""
         if self.ood is None:
             return self.logits(images), None
-        logits, features = logits_and_features(self._with_features, images, self.batch_size)
+        logits, features = logits_and_features(self._features, images, self.batch_size)
         return logits, self.ood.score(features, logits)
 
     def predict(self, sources: Iterable[Source], names: Sequence[str] | None = None
