@@ -32,7 +32,7 @@ def test_checkpoint_round_trip_matches_in_memory(trained_run):
     assert not errors
     from_files = np.array([[r[f"p_{c}"] for c in info.classes] for r in rows])
     assert np.allclose(direct, from_files, atol=1e-5)
-    assert set(rows[0]) == {"path", "prediction", "p_NORMAL", "p_PNEUMONIA"}
+    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "ood_score", "in_distribution"]
 
 
 def test_threshold_comes_from_validation(trained_run):

@@ -61,14 +61,32 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from medcls.evaluation.evaluate import evaluate, resolve_checkpoint
 
-    evaluate(args.target, data_root=args.data, out_dir=args.out, bootstrap=args.bootstrap)
+    evaluate(args.target, data_root=args.data, out_dir=args.out, bootstrap=args.bootstrap, ood=args.ood or ())
     print(f"evaluation written to {args.out or resolve_checkpoint(args.target)[1]}/")
     return 0
+
+
+def _prediction_cells(row: dict) -> list:
+    """A table row; an out-of-distribution image keeps its probabilities, marked untrusted in red."""
+    from rich.text import Text
+
+    foreign = row.get("in_distribution") is False
+    cells = []
+    for key, value in row.items():
+        if key == "in_distribution":
+            text = "-" if value is None else "yes" if value else "NO"
+        else:
+            text = f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+        if foreign and (key == "prediction" or key.startswith("p_")):
+            text += " (untrusted)"
+        cells.append(Text(text, style="bold red" if foreign and key != "path" else ""))
+    return cells
 
 
 def cmd_predict(args) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from medcls.predict import predict_files
 
@@ -79,8 +97,12 @@ def cmd_predict(args) -> int:
         for col in rows[0]:
             table.add_column(col, justify="left" if col in ("path", "prediction") else "right")
         for row in rows:
-            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+            table.add_row(*_prediction_cells(row))
         console.print(table)
+        foreign = sum(row.get("in_distribution") is False for row in rows)
+        if foreign:
+            console.print(Text(f"WARNING: {foreign} image(s) do not look like this model's training data "
+                               "(in_distribution NO): their predictions are untrusted.", style="bold red"))
     for name, reason in errors.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if args.out:
@@ -201,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder, if it moved since training")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.add_argument("--bootstrap", type=int, help="bootstrap draws for the confidence intervals")
+    p.add_argument("--ood", nargs="+", metavar="FOLDER",
+                   help="folders of foreign images: fraction flagged out-of-distribution and OOD AUROC vs test")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict image files or folders (searched recursively)")

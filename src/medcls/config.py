@@ -105,6 +105,8 @@ class EvalConfig:
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
     tta: bool = False
+    ood_method: str = "mahalanobis-multiscale"  # out-of-distribution score (see medcls.evaluation.ood.METHODS)
+    ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
 
 
 @dataclass
@@ -129,6 +131,7 @@ _CHOICES = {
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
+    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit"},
 }
 
 _RANGES = {
@@ -153,6 +156,7 @@ _RANGES = {
     ("eval", "bootstrap"): (0, 1_000_000),
     ("eval", "target_sensitivity"): (0.0, 1.0),
     ("eval", "fixed_threshold"): (0.0, 1.0),
+    ("eval", "ood_flag_rate"): (0.001, 0.5),
     ("augment", "zoom"): (0.0, 0.9),
     ("augment", "shift"): (0.0, 0.9),
     ("augment", "rotation"): (0.0, 180.0),

@@ -8,8 +8,9 @@ from medcls.evaluation.evaluate import EvaluationError
 from medcls.export import ExportError
 from medcls.io import DiskFullError
 from medcls.explain.gradcam import ExplainError
+from medcls.evaluation.ood_eval import OODEvaluationError
 from medcls.registry import UnknownNameError
 from medcls.reporting.report import ReportError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
-               ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError)
+               ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError, OODEvaluationError)

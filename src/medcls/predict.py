@@ -1,7 +1,8 @@
 """Prediction on image files with a saved model: the :class:`Predictor` (all
 preprocessing, calibrated probabilities and the stored threshold; a PyTorch
-checkpoint or an exported ONNX file behind one interface) and the stable
-output table (``path``, ``prediction``, one ``p_<CLASS>`` per class)."""
+checkpoint or an exported ONNX file behind one interface) and the stable output
+table (``path``, ``prediction``, one ``p_<CLASS>`` per class, then ``ood_score`` and
+``in_distribution``: whether the image looks like the training data)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
+from medcls.evaluation.ood import OODDetector, OODFeatures, logits_and_features, ood_columns
 from medcls.io import atomic_write_text
 from medcls.models.inference import batch_logits, logits_to_probs
 from medcls.onnx_model import OnnxBackend, load_onnx
@@ -28,12 +30,14 @@ def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
-def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo) -> list[dict]:
-    """The stable table: ``path``, ``prediction``, then ``p_<CLASS>`` for each class."""
+def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo,
+                    ood_scores: np.ndarray | None = None) -> list[dict]:
+    """The stable table: ``path``, ``prediction``, then ``p_<CLASS>`` for each class, then
+    ``ood_score`` and ``in_distribution`` (None for a model without an OOD detector)."""
     labels = decide(probs, info)
     return [{"path": name, "prediction": info.classes[k],
-             **{f"p_{c}": round(float(p), 6) for c, p in zip(info.classes, row)}}
-            for name, k, row in zip(names, labels, probs)]
+             **{f"p_{c}": round(float(p), 6) for c, p in zip(info.classes, row)}, **ood}
+            for name, k, row, ood in zip(names, labels, probs, ood_columns(ood_scores, info, len(names)))]
 
 
 class TorchBackend:
@@ -59,6 +63,10 @@ class Predictor:
         self.backend = (TorchBackend(model, batch_size, info.tta) if isinstance(model, torch.nn.Module) else model)
         self.net = getattr(self.backend, "net", None)  # the PyTorch network; None for ONNX
         self.info, self.batch_size = info, batch_size
+        # The OOD detector reads intermediate features of the PyTorch network; an ONNX
+        # backend answers without it (ood columns None).
+        self.ood = OODDetector.from_info(info) if self.net is not None else None
+        self._features = OODFeatures(self.net, info.image_size, info.in_channels) if self.ood else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -92,9 +100,18 @@ class Predictor:
         """Calibrated class probabilities ``(N, K)`` for preprocessed uint8 images."""
         return logits_to_probs(self.logits(images), self.info.temperature)
 
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and OOD scores (None without a detector) of preprocessed uint8 images."""
+        if self.ood is None:
+            return self.logits(images), None
+        logits, features = logits_and_features(self._features, images, self.batch_size)
+        scores = self.ood.score(features, logits)  # fitted on single-view outputs
+        return (self.logits(images) if self.info.tta else logits), scores
+
     def predict_rows(self, images: np.ndarray, names: Sequence[str]) -> list[dict]:
         """Prediction rows (the stable table) for preprocessed uint8 images."""
-        return prediction_rows(names, self.predict_arrays(images), self.info)
+        logits, ood_scores = self.outputs(images)
+        return prediction_rows(names, logits_to_probs(logits, self.info.temperature), self.info, ood_scores)
 
     def predict(self, sources: Iterable[Source], names: Sequence[str] | None = None
                 ) -> tuple[list[dict], dict[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from rich.console import Console
@@ -19,9 +20,10 @@ from medcls.data.split import split_digest
 from medcls.evaluation import plots
 from medcls.evaluation.calibration import expected_calibration_error, nll
 from medcls.evaluation.metrics import binary_metrics, bootstrap_ci, multiclass_metrics, per_class_table
+from medcls.evaluation.ood_eval import evaluate_ood, print_ood
 from medcls.io import atomic_write_json
-from medcls.models.inference import batch_logits, logits_to_probs
-from medcls.predict import decide, prediction_rows, write_predictions
+from medcls.models.inference import logits_to_probs
+from medcls.predict import Predictor, decide, prediction_rows, write_predictions
 from medcls.reporting.report import write_report
 
 console = Console(stderr=True)
@@ -52,14 +54,22 @@ def resolve_checkpoint(target: str | Path) -> tuple[Path, Path]:
 
 
 def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
-             bootstrap: int | None = None, quiet: bool = False) -> dict:
+             bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()) -> dict:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
 
     Writes ``metrics.json``, ``predictions.csv``, PNG plots and ``report.html``
-    into ``out_dir`` (default: the run folder) and returns the metrics.
+    into ``out_dir`` (default: the run folder) and returns the metrics. ``ood``: folders
+    of foreign images, reported with the fraction flagged out-of-distribution and the
+    OOD AUROC against the test split.
     """
     ckpt, run = resolve_checkpoint(target)
     net, info = load_checkpoint(ckpt)
+    if ood and "ood" not in info.extras:
+        raise EvaluationError(f"{ckpt} has no out-of-distribution detector (trained before medcls had one); "
+                              f"retrain it to use --ood")
+    missing = [str(f) for f in ood if not Path(f).is_dir()]
+    if missing:
+        raise EvaluationError(f"out-of-distribution folder(s) not found: {', '.join(missing)}")
     cfg = config_from_dict(info.config)
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
@@ -77,7 +87,8 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     out.mkdir(parents=True, exist_ok=True)
 
     y = data.labels["test"]
-    logits = batch_logits(net, data.images("test"), cfg.data.batch_size, tta=info.tta)
+    predictor = Predictor(net, info, cfg.data.batch_size)
+    logits, ood_scores = predictor.outputs(data.images("test"))
     probs = logits_to_probs(logits, info.temperature)
     pred = decide(probs, info)
     metrics = score(y, probs, info)
@@ -94,8 +105,10 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
                         "nll_uncalibrated": nll(logits, y, 1.0)},
         "unreadable": data.cache.errors, "checkpoint": str(ckpt),
     }
+    if ood_scores is not None:
+        result["ood"] = evaluate_ood(predictor, ood_scores, ood)
     rows = [{**row, "label": info.classes[t]} for row, t in
-            zip(prediction_rows([str(p) for p in data.paths("test")], probs, info), y)]
+            zip(prediction_rows([str(p) for p in data.paths("test")], probs, info, ood_scores), y)]
     write_predictions(rows, out / "predictions.csv")
     cm = np.array(result["confusion_matrix"])
     plots.plot_confusion(cm, info.classes, out / "confusion_matrix.png")
@@ -108,6 +121,8 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     atomic_write_json(out / "metrics.json", result)
     if not quiet:
         print_metrics(result)
+        if "ood" in result:
+            print_ood(result["ood"])
     return result
 
 

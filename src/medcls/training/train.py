@@ -28,6 +28,7 @@ from medcls.data.fingerprint import data_fingerprint, file_sha256
 from medcls.data.prepared import PreparedData, make_loader, prepare_data
 from medcls.data.split import split_digest, write_manifest
 from medcls.evaluation.calibration import fit_temperature
+from medcls.evaluation.ood import fit_ood
 from medcls.evaluation.threshold import choose_threshold
 from medcls.io import atomic_write_json
 from medcls.models import build_model
@@ -223,6 +224,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         info.threshold, why = choose_threshold(val_labels, probs, cfg.eval.threshold_rule,
                                                cfg.eval.target_sensitivity, cfg.eval.fixed_threshold)
         info.threshold_rule = cfg.eval.threshold_rule
+    if len(val_labels):
+        info.extras["ood"] = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"),
+                                     cfg.eval.ood_flag_rate, cfg.eval.ood_method, cfg.data.batch_size).to_state()
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
     atomic_write_json(run / "training.json", {

@@ -1,0 +1,57 @@
+"""How well the out-of-distribution flag separates foreign images from the test
+split: for each folder of foreign images, the fraction flagged and the AUROC of
+the OOD score (test images negative, foreign images positive)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import roc_auc_score
+
+from medcls.predict import Predictor, expand_paths
+
+console = Console(stderr=True)
+
+
+class OODEvaluationError(ValueError):
+    """Foreign folders were given but cannot be scored (no detector, no images)."""
+
+
+def separation(test_scores: np.ndarray, foreign_scores: np.ndarray, threshold: float) -> dict:
+    """Fraction of ``foreign_scores`` flagged and their OOD AUROC against ``test_scores``."""
+    y = np.r_[np.zeros(len(test_scores)), np.ones(len(foreign_scores))]
+    return {"n": int(len(foreign_scores)), "flagged": float(np.mean(foreign_scores > threshold)),
+            "auroc": float(roc_auc_score(y, np.r_[test_scores, foreign_scores]))}
+
+
+def evaluate_ood(predictor: Predictor, test_scores: np.ndarray, folders: Sequence[str | Path] = ()) -> dict:
+    """The OOD section of an evaluation: test images flagged, and each foreign folder's separation."""
+    detector = predictor.ood
+    out = {"method": detector.method, "threshold": detector.threshold, "target_flag_rate": detector.flag_rate,
+           "test": {"n": int(len(test_scores)), "flagged": float(np.mean(test_scores > detector.threshold))},
+           "foreign": {}}
+    for folder in folders:
+        files = expand_paths([folder])
+        rows, errors = predictor.predict(files)
+        if not rows:
+            raise OODEvaluationError(f"no readable images in {folder}")
+        scores = np.array([r["ood_score"] for r in rows])
+        out["foreign"][str(folder)] = {**separation(test_scores, scores, detector.threshold),
+                                       "unreadable": len(errors)}
+    return out
+
+
+def print_ood(ood: dict) -> None:
+    table = Table(title=f"Out-of-distribution flag ({ood['method']}, threshold {ood['threshold']:.3f})")
+    table.add_column("images")
+    table.add_column("n", justify="right")
+    table.add_column("flagged", justify="right")
+    table.add_column("AUROC vs test", justify="right")
+    table.add_row("test split", str(ood["test"]["n"]), f"{ood['test']['flagged']:.1%}", "")
+    for name, s in ood["foreign"].items():
+        table.add_row(name, str(s["n"]), f"{s['flagged']:.1%}", f"{s['auroc']:.4f}")
+    console.print(table)
