@@ -186,7 +186,9 @@ def markdown(r: dict) -> str:
             cells += [f"{s[m]['flagged']:.1%}", "" if auroc is None else f"{auroc:.4f}"]
         lines.append(f"| {name} | {s['group']} | {s['n']} | " + " | ".join(cells) + " |")
     c, v, t = r["flag_cost"], r["verdict"], r["targets"]
-    lines += ["", "AUROC: the OOD score separating the set from the test split (1 = perfectly).", "",
+    lines += ["", "Far: the other data set and synthetic images (noise, flat, gradients, rendered text); near: the "
+              "test split's images rotated by 90 or 180 degrees, inverted, or cropped to their top-left ninth. "
+              "AUROC: the OOD score separating the set from the test split (1 = perfectly).", "",
               "## Cost of the flag", "",
               "| measured | CPU s without flag | CPU s with flag | extra |", "|---|---:|---:|---:|"]
     for key, what in (("forward", f"forward pass, {c['n_images']} preprocessed images"),

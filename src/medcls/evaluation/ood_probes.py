@@ -81,7 +81,7 @@ def invert(img: Image.Image) -> Image.Image:
 
 
 def corner(img: Image.Image) -> Image.Image:
-    """The top-left quarter, blown up to the full size by the model's resize."""
+    """The top-left ninth (a third of each side), blown up to full size by the model's resize."""
     return img.crop((0, 0, img.width // 3, img.height // 3))
 
 
