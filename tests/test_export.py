@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -25,7 +26,9 @@ def test_onnx_file_is_self_contained(trained_run, trained_onnx):
     _, info = load_checkpoint(trained_run)
     assert meta["info"]["classes"] == ["NORMAL", "PNEUMONIA"]
     _, onnx_info = load_onnx(trained_onnx)
-    assert onnx_info == info  # threshold, temperature, size, colour mode, normalisation, ...
+    # threshold, temperature, size, colour mode, normalisation, ... (extras' tensors become lists)
+    assert dataclasses.replace(onnx_info, extras={}) == dataclasses.replace(info, extras={})
+    assert onnx_info.extras.keys() == info.extras.keys()
     assert [o.name for o in model.graph.output] == ["logits", "features"]
     batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_axis.dim_param and not batch_axis.dim_value  # dynamic batch
@@ -63,7 +66,7 @@ def test_export_and_predict_commands(trained_run, xray_root, tmp_path, capsys):
     target = tmp_path / "pred.csv"
     assert main(["predict", str(xray_root / "test" / "NORMAL" / "IM-0001-0001.jpeg"), "-m", str(out),
                  "-o", str(target)]) == 0
-    assert target.read_text().splitlines()[0] == "path,prediction,p_NORMAL,p_PNEUMONIA"
+    assert target.read_text().splitlines()[0] == "path,prediction,p_NORMAL,p_PNEUMONIA,ood_score,in_distribution"
 
 
 def test_unfaithful_export_fails_and_leaves_no_file(trained_run, tmp_path):

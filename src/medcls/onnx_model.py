@@ -22,7 +22,9 @@ def info_metadata(info: ModelInfo) -> dict[str, str]:
     """The ONNX ``metadata_props`` entries that make an exported file self-contained."""
     from medcls import __version__
 
-    return {METADATA_KEY: json.dumps({"medcls_version": __version__, "info": dataclasses.asdict(info)})}
+    # Tensors in extras (the OOD detector's state) are stored as nested lists.
+    return {METADATA_KEY: json.dumps({"medcls_version": __version__, "info": dataclasses.asdict(info)},
+                                     default=lambda o: o.tolist())}
 
 
 class OnnxBackend:
