@@ -212,5 +212,6 @@ def test_five_class_run_beats_chance_end_to_end(fundus_run, tmp_path):
     images = sorted((FUNDUS / "Severe DR").iterdir())[:3]
     assert main(["predict", *map(str, images), "--model", str(fundus_run), "--out", str(target)]) == 0
     rows = list(csv.DictReader(target.open()))
-    assert list(rows[0]) == ["path", "prediction"] + [f"p_{g}" for g in RETINOPATHY_GRADES]
+    columns = ["path", "prediction"] + [f"p_{g}" for g in RETINOPATHY_GRADES] + ["ood_score", "in_distribution"]
+    assert list(rows[0]) == columns
     assert all(abs(sum(float(r[f"p_{g}"]) for g in RETINOPATHY_GRADES) - 1) < 1e-4 for r in rows)
