@@ -119,7 +119,7 @@ def cmd_compare(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from medcls.evaluation.compare import compare_runs, markdown_table
+    from medcls.evaluation.compare import compare_runs, format_value, markdown_table
     from medcls.io import atomic_write_text
 
     rows = compare_runs(args.runs)
@@ -127,8 +127,7 @@ def cmd_compare(args) -> int:
     for col in rows[0]:
         table.add_column(col, justify="left" if col in ("run", "arch") else "right")
     for row in rows:
-        table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
-                        for v in row.values()))
+        table.add_row(*(format_value(v) for v in row.values()))
     Console().print(table)
     if args.markdown:
         atomic_write_text(args.markdown, markdown_table(rows))

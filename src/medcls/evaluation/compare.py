@@ -38,12 +38,13 @@ def compare_runs(runs: list[str | Path]) -> list[dict]:
     return [run_row(r) for r in runs]
 
 
+def format_value(v) -> str:
+    """Rates and scores to 4 decimals; counts, times and names as they are."""
+    return "" if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
+
+
 def markdown_table(rows: list[dict]) -> str:
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
-
-    def fmt(v):
-        return "" if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
-
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_value(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
