@@ -28,6 +28,6 @@ clean:
 # Reproduces the model shipped in src/medcls/assets (see MODEL_CARD.md): train,
 # evaluate once on the test split, copy the checkpoint in.
 ship-model: $(VENV)/.installed
-	$(VENV)/bin/medcls train -c configs/pneumonia-seed-cnn.yaml --set train.epochs=5 --data $(DATA) --run-dir runs/shipped
+	$(VENV)/bin/medcls train -c configs/pneumonia-compact.yaml --data $(DATA) --run-dir runs/shipped
 	$(VENV)/bin/medcls evaluate runs/shipped
 	cp runs/shipped/model.pt src/medcls/assets/pneumonia.pt

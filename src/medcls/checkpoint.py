@@ -39,6 +39,7 @@ class ModelInfo:
     threshold_rule: str = "argmax"
     temperature: float = 1.0
     tta: bool = False  # average logits over test-time augmentation views
+    input_norm: str = "dataset"  # see medcls.config.ModelConfig.input_norm
     positive_class: Optional[str] = None
     ordinal: bool = False
     referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view
@@ -62,7 +63,7 @@ class ModelInfo:
 
 def build_net(info: ModelInfo) -> ImageClassifier:
     return build_model(info.arch, info.in_channels, info.num_classes, info.image_size, info.mean, info.std,
-                       **info.arch_kwargs)
+                       info.input_norm, **info.arch_kwargs)
 
 
 def content_digest(obj: Any) -> str:

@@ -66,6 +66,9 @@ class AugmentConfig:
 class ModelConfig:
     arch: str = "seed-cnn"
     kwargs: dict = field(default_factory=dict)
+    # dataset: subtract the training set's mean, divide by its std; per-image: each image by its own
+    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites)
+    input_norm: str = "dataset"
 
 
 @dataclass
@@ -86,7 +89,6 @@ class TrainConfig:
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     channels_last: bool = True  # NHWC: oneDNN's fast path for convolutions on CPU
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
-    ema: float = 0.0  # EMA decay of weights; 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
     accelerator: str = "auto"
@@ -104,7 +106,6 @@ class EvalConfig:
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
-    tta: bool = False
     ood_method: str = "mahalanobis-multiscale"  # out-of-distribution score (see medcls.evaluation.ood.METHODS)
     ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
 
@@ -125,6 +126,7 @@ class Config:
 
 _CHOICES = {
     ("data", "color_mode"): {None, "grayscale", "rgb"},
+    ("model", "input_norm"): {"dataset", "per-image"},
     ("train", "optimizer"): {"adam", "adamw", "sgd"},
     ("train", "loss"): {"auto", "bce", "ce"},
     ("train", "imbalance"): {"class_weights", "sampler", "none"},

@@ -159,7 +159,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
 
     mean, std = data.channel_stats()
     net = build_model(cfg.model.arch, data.channels, len(data.classes), cfg.data.image_size, mean, std,
-                      **cfg.model.kwargs)
+                      cfg.model.input_norm, **cfg.model.kwargs)
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     counts = np.bincount(data.labels["train"], minlength=len(data.classes)).tolist()
@@ -213,6 +213,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     info = ModelInfo(
         arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
         color_mode=data.color_mode, mean=mean, std=std, temperature=temperature, tta=cfg.eval.tta,
+        input_norm=cfg.model.input_norm,
         positive_class=data.index.positive_class, ordinal=data.index.ordinal,
         referable_from=data.index.referable_from,
         test_digest=split_digest(data.index, data.splits, "test"), test_fingerprint=fingerprint["test"],
