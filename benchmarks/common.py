@@ -34,6 +34,18 @@ def benchmark_model(model: str | None, workdir: Path) -> tuple[Path, Path, str]:
     return checkpoint, onnx, description
 
 
+def median_ms(fn, repeats: int = 50) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds."""
+    import time
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1000 * sorted(times)[len(times) // 2], 3)
+
+
 def machine() -> dict:
     import onnxruntime
     import torch

@@ -25,9 +25,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import median_ms
+
+from medcls.checkpoint import ModelInfo, save_checkpoint
 from medcls.config import load_config
 from medcls.data.prepared import make_loader, prepare_data, to_model_input
+from medcls.export import export_onnx
 from medcls.models import build_model
+from medcls.onnx_model import load_onnx
 from medcls.training.module import LitClassifier
 from medcls.training.train import EpochTimer
 
@@ -67,6 +72,22 @@ def train_flops_per_image(size: int) -> float:
     return counter.get_total_flops() / 8
 
 
+def onnx_inference(net: torch.nn.Module, size: int, images: np.ndarray) -> dict:
+    """Batch-32 images/s and single-image latency of ``net`` exported with ``medcls export``
+    (uint8 in, logits and OOD features out) and run by ONNX Runtime, as the Predictor runs it."""
+    info = ModelInfo(arch="seed-cnn", arch_kwargs={}, classes=["NORMAL", "PNEUMONIA"], image_size=size,
+                     color_mode="grayscale", mean=net.mean.flatten().tolist(), std=net.std.flatten().tolist())
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "model.pt", net.to(memory_format=torch.contiguous_format), info)
+        backend, _ = load_onnx(export_onnx(ckpt).path, batch_size=32)
+        backend.outputs(images[:32])  # warm-up
+        t = time.perf_counter()
+        backend.outputs(images)
+        infer = len(images) / (time.perf_counter() - t)
+        single = median_ms(lambda: backend.outputs(images[:1]))
+    return {"infer_images_per_s": round(infer, 2), "single_latency_ms": single}
+
+
 def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int) -> dict:
     cfg = load_config(HERE.parent / "configs" / "pneumonia-seed-cnn.yaml", data_overrides + overrides)
     pl.seed_everything(0, verbose=False)
@@ -90,15 +111,13 @@ def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int)
         for start in range(0, len(images), 32):
             net(to_model_input(images[start:start + 32], cfg.train.channels_last))
         infer = len(images) / (time.perf_counter() - t)
-        one = images[:1]
-        lat = []
-        for _ in range(50):
-            t = time.perf_counter()
-            net(to_model_input(one, cfg.train.channels_last))
-            lat.append(time.perf_counter() - t)
-    return {"train_images_per_s": [e["images_per_s"] for e in timer.epochs],
-            "data_wait_fraction": [e["data_wait_fraction"] for e in timer.epochs],
-            "infer_images_per_s": round(infer, 2), "single_latency_ms": round(1000 * float(np.median(lat)), 3)}
+        single = median_ms(lambda: net(to_model_input(images[:1], cfg.train.channels_last)))
+    result = {"train_images_per_s": [e["images_per_s"] for e in timer.epochs],
+              "data_wait_fraction": [e["data_wait_fraction"] for e in timer.epochs],
+              "infer_images_per_s": round(infer, 2), "single_latency_ms": single}
+    if cfg.train.precision == "32":
+        result["onnxruntime"] = onnx_inference(net, cfg.data.image_size, data.images("train"))
+    return result
 
 
 def keras_run(python: str, files: list[Path], labels: list[int], size: int, epochs: int) -> dict | None:
@@ -152,20 +171,26 @@ def write(results: dict) -> None:
              "(forward + backward, counted by torch's FlopCounterMode).", "",
              "| run | train img/s | x Keras | GFLOP/s (% of peak) | data wait | infer img/s (b32) | x Keras "
              "| 1-image ms |", "|---|---|---|---|---|---|---|---|"]
-    rows = dict(results["medcls"])
+    rows = {}
+    for name, r in results["medcls"].items():
+        rows[name] = r
+        if "onnxruntime" in r:  # inference only: the weights of the run above, exported
+            rows[f"{name}, exported, ONNX Runtime"] = r["onnxruntime"]
     if keras:
         rows["Keras 3 / TF (reference)"] = keras
     for name, r in rows.items():
-        train = steady(r["train_images_per_s"])
         kt = steady(keras["train_images_per_s"]) if keras else None
         peak_key = "bf16" if "bf16" in name else "fp32"
         wait = f"{np.mean(r['data_wait_fraction']):.1%}" if "data_wait_fraction" in r else ""
-        lines.append(
-            f"| {name} | {train:.1f} | {train / kt:.2f} |" if kt else f"| {name} | {train:.1f} | |")
-        lines[-1] += (f" {train * gflop:.0f} ({train * gflop / peak[peak_key]:.0%}) | {wait} | "
-                      f"{r['infer_images_per_s']:.1f} | "
-                      f"{r['infer_images_per_s'] / keras['infer_images_per_s']:.2f} | " if keras else " | ")
-        lines[-1] += f"{r['single_latency_ms']:.2f} |"
+        if "train_images_per_s" not in r:
+            lines.append(f"| {name} | | | |")
+        else:
+            train = steady(r["train_images_per_s"])
+            lines.append(f"| {name} | {train:.1f} | {train / kt:.2f} |" if kt else f"| {name} | {train:.1f} | |")
+            lines[-1] += f" {train * gflop:.0f} ({train * gflop / peak[peak_key]:.0%}) |"
+        infer = r["infer_images_per_s"]
+        ratio = f"{infer / keras['infer_images_per_s']:.2f}" if keras else ""
+        lines[-1] += f" {wait} | {infer:.1f} | {ratio} | {r['single_latency_ms']:.2f} |"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "throughput.md").write_text("\n".join(lines) + "\n")

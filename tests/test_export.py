@@ -8,8 +8,9 @@ import torch
 
 from medcls.checkpoint import CheckpointError, load_checkpoint
 from medcls.cli import main
+from medcls.evaluation.ood import OODFeatures
 from medcls.export import ExportError, export_onnx
-from medcls.models.inference import WithFeatures, batch_logits
+from medcls.models.inference import batch_logits
 from medcls.onnx_model import METADATA_KEY, load_onnx
 from medcls.predict import Predictor
 
@@ -42,16 +43,22 @@ def test_onnx_outputs_equal_pytorch_on_real_images(trained_run, trained_onnx, xr
     backend, _ = load_onnx(trained_onnx, batch_size=5)  # batches of 5, 5 and 2: the batch axis is dynamic
     logits, features = backend.outputs(images)
     net = torch_predictor.net
+    ood_net = OODFeatures(net, images.shape[1], images.shape[3])
     with torch.inference_mode():
-        want_logits, want_features = WithFeatures(net)(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+        want_logits, want_features = ood_net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
     assert np.abs(logits - batch_logits(net, images)).max() < 1e-4
     assert np.abs(logits - want_logits.numpy()).max() < 1e-4
-    assert features.shape == (len(files), 64) and np.abs(features - want_features.numpy()).max() < 1e-3
+    # the OOD detector's features: channel means at each scale, then the 64 penultimate activations
+    assert features.shape == (len(files), sum(ood_net.blocks)) and ood_net.blocks[-1] == 64
+    assert np.abs(features - want_features.numpy()).max() < 1e-3
     rows_torch, _ = torch_predictor.predict(files)
     rows_onnx, _ = onnx_predictor.predict(files)
     assert [r["prediction"] for r in rows_onnx] == [r["prediction"] for r in rows_torch]
+    assert onnx_predictor.ood is not None and all(r["ood_score"] is not None for r in rows_onnx)
     for a, b in zip(rows_onnx, rows_torch):
         assert a["path"] == b["path"] and a["p_PNEUMONIA"] == pytest.approx(b["p_PNEUMONIA"], abs=1e-5)
+        assert a["ood_score"] == pytest.approx(b["ood_score"], rel=1e-3, abs=1e-3)
+        assert a["in_distribution"] == b["in_distribution"]
     single, _ = onnx_predictor.predict([files[0]])
     assert single[0] == rows_onnx[0]
 

@@ -3,6 +3,7 @@ exported ONNX model, real HTTP uploads of real and broken images, a fuzzer,
 and the web page in Debian's chromium driven by Playwright."""
 
 import asyncio
+import contextlib
 import socket
 import struct
 import subprocess
@@ -21,10 +22,11 @@ from dicom_files import dicom_bytes, xray_dicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medcls.assets import shipped_model
 from medcls.predict import Predictor
 from medcls.serving.app import Predictions, image_result
 from medcls.serving.batching import MicroBatcher
-from medcls.serving.server import load_app
+from medcls.serving.server import load_app, model_id
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 JPEG = XRAY / "test" / "NORMAL" / "IM-0001-0001.jpeg"
@@ -229,29 +231,47 @@ def test_fuzzed_uploads_never_break_the_server(client, files):
     assert client.get("/healthz").status_code == 200
 
 
-def test_serving_a_checkpoint_in_a_thread(trained_run):
-    """The PyTorch backend behind the same app, on a uvicorn server in this process."""
+@contextlib.contextmanager
+def thread_server(app):
+    """``app`` on a real uvicorn server on a free loopback port, in a thread of this process."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(load_app(trained_run), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-        with httpx.Client(base_url=url, timeout=30) as c:
-            card = c.get("/v1/model").json()
-            assert card["backend"] == "pytorch" and card["limits"]["max_batch"] == 8
-            got = post(c, (JPEG.name, JPEG_BYTES, "image/jpeg")).json()["predictions"][0]
-        [want], _ = Predictor.load(trained_run).predict([JPEG])
-        assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]
+        with httpx.Client(base_url="http://127.0.0.1:%d" % sock.getsockname()[1], timeout=30) as c:
+            yield c
     finally:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
     assert not thread.is_alive()
+
+
+def test_serving_a_checkpoint_in_a_thread(trained_run):
+    """The PyTorch backend behind the same app."""
+    with thread_server(load_app(trained_run)) as c:
+        card = c.get("/v1/model").json()
+        assert card["backend"] == "pytorch" and card["limits"]["max_batch"] == 8
+        got = post(c, (JPEG.name, JPEG_BYTES, "image/jpeg")).json()["predictions"][0]
+    [want], _ = Predictor.load(trained_run).predict([JPEG])
+    assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]
+
+
+def test_serve_defaults_to_the_shipped_model():
+    """``medcls serve`` without --model serves the packaged model, OOD flag included."""
+    with thread_server(load_app()) as c:
+        card = c.get("/v1/model").json()
+        got = post(c, (JPEG.name, JPEG_BYTES, "image/jpeg")).json()["predictions"][0]
+    shipped = Predictor.load(shipped_model())
+    [want], _ = shipped.predict([JPEG])
+    assert card["arch"] == shipped.info.arch and card["model_id"] == model_id(shipped_model(), shipped.info.arch)
+    assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]
+    assert got["ood_score"] == want["ood_score"] is not None
 
 
 def test_web_page_in_chromium(server, tmp_path):

@@ -27,3 +27,6 @@ def test_shipped_model_reproduces_its_card(xray_root):
     assert abs(accuracy - card["metrics"]["accuracy"]) < 0.005
     lo, hi = card["ci95"]["accuracy"]
     assert lo <= accuracy <= hi
+    # the out-of-distribution flag ships with it and flags what the card says of the test split
+    flagged = np.mean([not r["in_distribution"] for r in rows])
+    assert abs(flagged - card["ood"]["test"]["flagged"]) < 0.005

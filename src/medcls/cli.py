@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from medcls import __version__
 
@@ -246,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("serve", help="web service and page for a model (checkpoint or .onnx)")
-    p.add_argument("--model", "-m", required=True, help="checkpoint (model.pt), run folder or exported .onnx")
+    p.add_argument("--model", "-m", help="checkpoint (model.pt), run folder or exported .onnx "
+                                         "(default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted request body")

@@ -1,7 +1,8 @@
 """Export a checkpoint to one self-contained ONNX file and prove it computes what
 PyTorch computes. The graph includes the uint8 -> float input conversion and
-the normalisation, returns the logits and the penultimate features (for
-out-of-distribution scores), takes any batch size, and carries the model's
+the normalisation, returns the logits and the features the out-of-distribution
+detector reads (:class:`~medcls.evaluation.ood.OODFeatures`: channel means at each
+scale, then the penultimate activations), takes any batch size, and carries the model's
 :class:`~medcls.checkpoint.ModelInfo` as JSON metadata."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from medcls.checkpoint import load_checkpoint
 from medcls.data.prepared import to_model_input
 from medcls.io import atomic_path
-from medcls.models.inference import WithFeatures, tta_views
+from medcls.evaluation.ood import OODFeatures
+from medcls.models.inference import tta_views
 from medcls.onnx_model import INPUT_NAME, OUTPUT_NAMES, info_metadata, load_onnx
 
 OPSET = 20
@@ -32,9 +34,9 @@ class ExportError(ValueError):
 class OnnxGraph(torch.nn.Module):
     """What the exported file computes: uint8 ``(N, H, W, C)`` images -> (logits, features)."""
 
-    def __init__(self, net: torch.nn.Module, tta: bool = False):
+    def __init__(self, net: torch.nn.Module, image_size: int, channels: int, tta: bool = False):
         super().__init__()
-        self.net, self.tta = WithFeatures(net), tta
+        self.net, self.tta = OODFeatures(net, image_size, channels), tta
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_model_input(image)
@@ -76,8 +78,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     net, info = load_checkpoint(checkpoint)
     path = Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     out = Path(out) if out is not None else path.with_suffix(".onnx")
-    graph = OnnxGraph(net, info.tta).eval()
     size, c = info.image_size, info.in_channels
+    graph = OnnxGraph(net, size, c, info.tta).eval()
     example = torch.zeros((2, size, size, c), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's concern

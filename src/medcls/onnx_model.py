@@ -1,6 +1,6 @@
 """An exported ONNX model file run with ONNX Runtime. The file is self-contained:
 its graph takes uint8 ``(N, H, W, C)`` images and returns ``logits`` and the
-penultimate ``features``; its :class:`ModelInfo` (classes, threshold,
+``features`` of :class:`~medcls.evaluation.ood.OODFeatures`; its :class:`ModelInfo` (classes, threshold,
 temperature, size, colour mode, ...) is JSON in the metadata under ``medcls``."""
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ class OnnxBackend:
 
     def __init__(self, session, batch_size: int = 32):
         self.session, self.batch_size = session, batch_size
+        width = session.get_outputs()[1].shape[1]
+        self.feature_width = width if isinstance(width, int) else None  # None: not fixed in the graph
 
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits ``(N, outputs)`` and penultimate features ``(N, D)`` of uint8 images ``(N, H, W, C)``."""
+        """Logits ``(N, outputs)`` and features ``(N, D)`` of uint8 images ``(N, H, W, C)``."""
         parts = [self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images[i:i + self.batch_size])})
                  for i in range(0, len(images), self.batch_size)]
         if not parts:

@@ -63,10 +63,11 @@ class Predictor:
         self.backend = (TorchBackend(model, batch_size, info.tta) if isinstance(model, torch.nn.Module) else model)
         self.net = getattr(self.backend, "net", None)  # the PyTorch network; None for ONNX
         self.info, self.batch_size = info, batch_size
-        # The OOD detector reads intermediate features of the PyTorch network; an ONNX
-        # backend answers without it (ood columns None).
-        self.ood = OODDetector.from_info(info) if self.net is not None else None
-        self._features = OODFeatures(self.net, info.image_size, info.in_channels) if self.ood else None
+        self.ood = OODDetector.from_info(info)
+        if self.ood is not None and self.net is None and getattr(self.backend, "feature_width", None) != sum(
+                self.ood.blocks):
+            self.ood = None  # an ONNX file exported before its graph carried the detector's features
+        self._features = OODFeatures(self.net, info.image_size, info.in_channels) if self.ood and self.net else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -104,6 +105,9 @@ class Predictor:
         """Logits and OOD scores (None without a detector) of preprocessed uint8 images."""
         if self.ood is None:
             return self.logits(images), None
+        if self._features is None:  # ONNX: one run gives both; with TTA its logits are the averaged ones
+            logits, features = self.backend.outputs(images)
+            return logits, self.ood.score(features, logits)
         logits, features = logits_and_features(self._features, images, self.batch_size)
         scores = self.ood.score(features, logits)  # fitted on single-view outputs
         return (self.logits(images) if self.info.tta else logits), scores

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import yaml
 
-COLUMNS = ["run", "arch", "size", "params_m", "epochs", "fit_min", "img_per_s", "accuracy", "recall", "specificity",
-           "f1", "roc_auc", "qwk", "macro_f1", "ece"]
+# val_auc (the best epoch's validation AUC) is what model choice may look at; the rest is test.
+COLUMNS = ["run", "arch", "size", "params_m", "epochs", "device", "fit_min", "img_per_s", "val_auc", "accuracy",
+           "recall", "specificity", "f1", "roc_auc", "qwk", "macro_f1", "ece"]
 
 
 def _read(path: Path) -> dict:
@@ -26,7 +27,8 @@ def run_row(run: str | Path) -> dict:
         "params_m": round(training["parameters"] / 1e6, 2) if "parameters" in training else None,
         "epochs": training.get("epochs_run"),
         "fit_min": round(training["fit_seconds"] / 60, 1) if "fit_seconds" in training else None,
-        "img_per_s": training.get("mean_images_per_s"),
+        "img_per_s": training.get("mean_images_per_s"), "device": training.get("device"),
+        "val_auc": training.get("best_epoch_score") if training.get("monitor") == "val_auc" else None,
         "ece": metrics.get("calibration", {}).get("ece"),
     }
     row.update({k: m.get(k) for k in COLUMNS if k in m})

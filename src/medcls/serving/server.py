@@ -21,17 +21,23 @@ def model_id(path: str | Path, arch: str) -> str:
     return f"{arch}-{digest.hexdigest()[:12]}"
 
 
-def load_app(model: str | Path, settings: ServiceSettings | None = None):
-    """The FastAPI app serving ``model`` (``model.pt``, a run folder or an exported ``.onnx``)."""
+def load_app(model: str | Path | None = None, settings: ServiceSettings | None = None):
+    """The FastAPI app serving ``model`` (``model.pt``, a run folder or an exported ``.onnx``;
+    default: the shipped model)."""
+    from medcls.assets import shipped_model
+
+    model = model or shipped_model()
     predictor = Predictor.load(model)
     return create_app(predictor, model_id(model, predictor.info.arch), settings)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
           settings: ServiceSettings | None = None) -> None:
-    """Serve ``model`` on ``host:port`` until interrupted (loopback only by default)."""
+    """Serve ``model`` (default: the shipped model) on ``host:port`` until interrupted (loopback only by default)."""
     import uvicorn
+    from medcls.assets import shipped_model
 
+    model = model or shipped_model()
     app = load_app(model, settings)
     print(f"medcls: serving {model} at http://{host}:{port}/ (API docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

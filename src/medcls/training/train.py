@@ -4,7 +4,6 @@ one self-contained ``model.pt`` in the run folder."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -230,8 +229,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
                                      cfg.eval.ood_flag_rate, cfg.eval.ood_method, cfg.data.batch_size).to_state()
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
+    device = trainer.strategy.root_device
     atomic_write_json(run / "training.json", {
         "fit_seconds": round(fit_seconds, 1), "epochs_run": trainer.current_epoch,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {os.cpu_count()} cores",
         "best_epoch_score": float(best.best_model_score) if best.best_model_score is not None else None,
         "monitor": tcfg.monitor, "temperature": temperature, "threshold": info.threshold,
         "threshold_reason": why, "per_epoch": per_epoch,
