@@ -178,8 +178,9 @@ class OODDetector:
 
     @classmethod
     def from_state(cls, state: dict) -> "OODDetector":
-        gaussians = {g["block"]: Gaussians(g["means"].numpy(), g["whitening"].numpy(), g["scale"])
-                     for g in state["gaussians"]}
+        # tensors in a checkpoint, nested lists in an ONNX file's JSON metadata
+        gaussians = {g["block"]: Gaussians(np.asarray(g["means"], np.float32), np.asarray(g["whitening"], np.float32),
+                                           g["scale"]) for g in state["gaussians"]}
         return cls(state["method"], state["threshold"], state["flag_rate"], list(state["blocks"]), gaussians)
 
     @classmethod
