@@ -105,12 +105,12 @@ class Predictor:
         """Logits and OOD scores (None without a detector) of preprocessed uint8 images."""
         if self.ood is None:
             return self.logits(images), None
-        if self._features is None:  # ONNX: one run gives both; with TTA its logits are the averaged ones
+        # One pass gives both; with TTA the logits are the averaged ones (in the ONNX graph too).
+        if self._features is None:
             logits, features = self.backend.outputs(images)
-            return logits, self.ood.score(features, logits)
-        logits, features = logits_and_features(self._features, images, self.batch_size)
-        scores = self.ood.score(features, logits)  # fitted on single-view outputs
-        return (self.logits(images) if self.info.tta else logits), scores
+        else:
+            logits, features = logits_and_features(self._features, images, self.batch_size, tta=self.info.tta)
+        return logits, self.ood.score(features, logits)
 
     def predict_rows(self, images: np.ndarray, names: Sequence[str]) -> list[dict]:
         """Prediction rows (the stable table) for preprocessed uint8 images."""

@@ -35,7 +35,7 @@ from sklearn.covariance import LedoitWolf
 
 from medcls.checkpoint import ModelInfo
 from medcls.data.prepared import to_model_input
-from medcls.models.inference import WithFeatures
+from medcls.models.inference import WithFeatures, tta_views
 
 METHODS = ("mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit")
 
@@ -94,15 +94,22 @@ class OODFeatures(WithFeatures):
 
 
 @torch.inference_mode()
-def logits_and_features(model: WithFeatures, images: np.ndarray, batch_size: int = 64
+def logits_and_features(model: WithFeatures, images: np.ndarray, batch_size: int = 64, tta: bool = False
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``(N, outputs)`` and features ``(N, D)`` for uint8 images ``(N, H, W, C)``."""
+    """Logits ``(N, outputs)`` and features ``(N, D)`` for uint8 images ``(N, H, W, C)``.
+
+    With ``tta`` the logits are averaged over the test-time views and the features are
+    the image's own, from the same passes (as in the exported ONNX graph): the flag
+    then costs no extra forward pass."""
     model.eval()
     device = next(model.parameters()).device
     logits, features = [], []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        z, f = model(to_model_input(chunk))
+        x = to_model_input(chunk)
+        z, f = model(x)
+        if tta:
+            z = torch.stack([z, *(model.net(v) for v in tta_views(x)[1:])]).mean(0)
         logits.append(z.float().cpu())
         features.append(f.float().cpu())
     if not logits:
@@ -207,11 +214,13 @@ def fit_detector(method: str, blocks: list[int], train_features: np.ndarray, tra
 
 
 def fit_ood(net: torch.nn.Module, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
-            flag_rate: float = 0.05, method: str = "mahalanobis-multiscale", batch_size: int = 64) -> OODDetector:
-    """Fit the OOD detector of a trained ``net`` (training images, unaugmented; threshold on validation)."""
+            flag_rate: float = 0.05, method: str = "mahalanobis-multiscale", batch_size: int = 64,
+            tta: bool = False) -> OODDetector:
+    """Fit the OOD detector of a trained ``net`` (training images, unaugmented; threshold on validation,
+    with the logits the model predicts with: TTA-averaged if ``tta``)."""
     model = OODFeatures(net, train_images.shape[1], train_images.shape[3])
     _, train_features = logits_and_features(model, train_images, batch_size)
-    val_logits, val_features = logits_and_features(model, val_images, batch_size)
+    val_logits, val_features = logits_and_features(model, val_images, batch_size, tta)
     return fit_detector(method, model.blocks, train_features, train_labels, val_features, val_logits, flag_rate)
 
 

@@ -226,7 +226,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         info.threshold_rule = cfg.eval.threshold_rule
     if len(val_labels):
         info.extras["ood"] = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"),
-                                     cfg.eval.ood_flag_rate, cfg.eval.ood_method, cfg.data.batch_size).to_state()
+                                     cfg.eval.ood_flag_rate, cfg.eval.ood_method, cfg.data.batch_size,
+                                     cfg.eval.tta).to_state()
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
     device = trainer.strategy.root_device
