@@ -196,6 +196,26 @@ def test_batcher_groups_concurrent_items_and_keeps_them_apart():
     assert sizes[:3] == [4, 4, 2]
 
 
+def test_batcher_with_two_workers_runs_two_batches_at_once():
+    both_inside = threading.Barrier(2, timeout=10)  # breaks unless two calls are in fn together
+
+    def meet(items):
+        both_inside.wait()
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(meet, max_batch=1, workers=2)
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit("a"), batcher.submit("b"))
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        MicroBatcher(meet, workers=0)
+
+
 JPEG_BYTES = JPEG.read_bytes()
 
 

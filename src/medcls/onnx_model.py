@@ -49,8 +49,9 @@ class OnnxBackend:
         return self.outputs(images)[0]
 
 
-def load_onnx(path: str | Path, batch_size: int = 32) -> tuple[OnnxBackend, ModelInfo]:
-    """Open an exported ``.onnx`` file: an ONNX Runtime backend and the stored :class:`ModelInfo`."""
+def load_onnx(path: str | Path, batch_size: int = 32, threads: int | None = None) -> tuple[OnnxBackend, ModelInfo]:
+    """Open an exported ``.onnx`` file: an ONNX Runtime backend and the stored :class:`ModelInfo`
+    (``threads``: intra-op threads of the session; None: one per core)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -61,6 +62,8 @@ def load_onnx(path: str | Path, batch_size: int = 32) -> tuple[OnnxBackend, Mode
     # Idle worker threads sleep instead of spinning: on a CPU shared with image
     # decoding (the service) or other programs, spinning doubled the latency.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  ONNX Runtime raises its own untyped errors for foreign bytes

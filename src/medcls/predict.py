@@ -75,8 +75,8 @@ class Predictor:
         return cls(net, info, **kwargs)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, batch_size: int = 32) -> "Predictor":
-        backend, info = load_onnx(path, batch_size)
+    def from_onnx(cls, path: str | Path, batch_size: int = 32, threads: int | None = None) -> "Predictor":
+        backend, info = load_onnx(path, batch_size, threads)
         return cls(backend, info, batch_size)
 
     @classmethod

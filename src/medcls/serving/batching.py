@@ -16,14 +16,19 @@ class MicroBatcher(Generic[T, R]):
     """Runs ``fn(list of items) -> list of results`` on one worker thread, at most
     ``max_batch`` items at a time; :meth:`submit` awaits one item's result."""
 
-    def __init__(self, fn: Callable[[list[T]], list[R]], max_batch: int = 8):
+    def __init__(self, fn: Callable[[list[T]], list[R]], max_batch: int = 8, workers: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.fn, self.max_batch = fn, max_batch
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        # One thread: batches run one after another, each using all cores itself.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="medcls-batch")
+        self._running: set[asyncio.Task] = set()
+        # workers=1: batches run one after another, each using all cores itself; more
+        # workers suit single-threaded models, one batch per core.
+        self._slots = asyncio.Semaphore(workers)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="medcls-batch")
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
@@ -34,6 +39,7 @@ class MicroBatcher(Generic[T, R]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     async def submit(self, item: T) -> R:
@@ -45,21 +51,30 @@ class MicroBatcher(Generic[T, R]):
 
     async def _loop(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             batch = [(item, fut) for item, fut in batch if not fut.cancelled()]  # clients that went away
             if not batch:
+                self._slots.release()
                 continue
-            try:
-                results = await loop.run_in_executor(self._executor, self.fn, [item for item, _ in batch])
-            except Exception as exc:  # noqa: BLE001  hand any failure to the waiting requests
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(batch, results):
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.fn, [item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001  hand any failure to the waiting requests
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(result)
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for (_, fut), result in zip(batch, results):
+            if not fut.done():
+                fut.set_result(result)

@@ -27,7 +27,9 @@ def load_app(model: str | Path | None = None, settings: ServiceSettings | None =
     from medcls.assets import shipped_model
 
     model = model or shipped_model()
-    predictor = Predictor.load(model)
+    # ONNX Runtime: one thread per session run and one run per core (AUTO_WORKERS in the app)
+    # beats one run spread over all cores for single images.
+    predictor = Predictor.from_onnx(model, threads=1) if Path(model).suffix.lower() == ".onnx" else Predictor.load(model)
     return create_app(predictor, model_id(model, predictor.info.arch), settings)
 
 
