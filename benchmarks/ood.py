@@ -16,7 +16,6 @@ inference time the flag costs. Writes ``benchmarks/results/ood.json`` and ``.md`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import statistics
@@ -29,8 +28,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from medcls.checkpoint import load_checkpoint
-from medcls.config import config_from_dict
-from medcls.data.prepared import prepare_data
+from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
 from medcls.evaluation.ood import METHODS, OODDetector, OODFeatures, fit_detector, logits_and_features
 from medcls.evaluation.ood_eval import separation
 from medcls.evaluation.ood_probes import SYNTHETIC, TRANSFORMS, synthetic_images, transformed_images
@@ -95,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     stored = OODDetector.from_info(info)
     if stored is None:
         parser.error(f"{args.run} has no OOD detector; train it with this version of medcls")
-    cfg = config_from_dict(info.config)
-    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
-    data = prepare_data(data_cfg, args.run / "manifest.csv", quiet=True)
+    data = checkpoint_data(resolve_checkpoint(args.run)[0], info, quiet=True)
     predictor = Predictor(net, info)
     model = OODFeatures(net, info.image_size, info.in_channels)
 

@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix
 from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.config import config_from_dict
 from medcls.data.fingerprint import split_fingerprint
-from medcls.data.prepared import prepare_data
+from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.split import split_digest
 from medcls.evaluation import plots
 from medcls.evaluation.calibration import expected_calibration_error, nll
@@ -53,6 +53,27 @@ def resolve_checkpoint(target: str | Path) -> tuple[Path, Path]:
     return ckpt, ckpt.parent
 
 
+def checkpoint_data(ckpt: Path, info: ModelInfo, data_root: str | Path | None = None,
+                    quiet: bool = False) -> PreparedData:
+    """The data a checkpoint was trained on, split as its run's ``manifest.csv`` froze it
+    (if present), at the model's size and colour mode; refuses a test split whose files,
+    labels or contents differ from those recorded in the checkpoint."""
+    cfg = config_from_dict(info.config)
+    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
+    if data_root is not None:
+        data_cfg.root = str(data_root)
+    manifest = ckpt.parent / "manifest.csv"
+    data = prepare_data(data_cfg, manifest if manifest.is_file() else None, quiet=quiet)
+    digest = split_digest(data.index, data.splits, "test")
+    if info.test_digest and digest != info.test_digest:
+        raise EvaluationError(f"the test split found in {data.index.root} does not match the one recorded in {ckpt} "
+                              f"(files or labels differ); refusing to report numbers on a different test set")
+    if info.test_fingerprint and split_fingerprint(data.index, data.splits["test"]) != info.test_fingerprint:
+        raise EvaluationError(f"the test images in {data.index.root} have the names and labels recorded in {ckpt} "
+                              f"but different content (data fingerprint); refusing to report numbers on changed images")
+    return data
+
+
 def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
              bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()) -> dict:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
@@ -71,18 +92,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     if missing:
         raise EvaluationError(f"out-of-distribution folder(s) not found: {', '.join(missing)}")
     cfg = config_from_dict(info.config)
-    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
-    if data_root is not None:
-        data_cfg.root = str(data_root)
-    manifest = run / "manifest.csv"
-    data = prepare_data(data_cfg, manifest if manifest.is_file() else None, quiet=quiet)
-    digest = split_digest(data.index, data.splits, "test")
-    if info.test_digest and digest != info.test_digest:
-        raise EvaluationError(f"the test split found in {data.index.root} does not match the one recorded in {ckpt} "
-                              f"(files or labels differ); refusing to report numbers on a different test set")
-    if info.test_fingerprint and split_fingerprint(data.index, data.splits["test"]) != info.test_fingerprint:
-        raise EvaluationError(f"the test images in {data.index.root} have the names and labels recorded in {ckpt} "
-                              f"but different content (data fingerprint); refusing to report numbers on changed images")
+    data = checkpoint_data(ckpt, info, data_root, quiet)
     out = Path(out_dir) if out_dir else run
     out.mkdir(parents=True, exist_ok=True)
 
