@@ -10,14 +10,12 @@ single-image latency. Writes ``benchmarks/results/quantize.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from sklearn.metrics import roc_auc_score
@@ -25,11 +23,10 @@ from sklearn.metrics import roc_auc_score
 from common import median_ms
 
 from medcls.checkpoint import load_checkpoint
-from medcls.config import config_from_dict
-from medcls.data.prepared import prepare_data
+from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
 from medcls.export import export_onnx
 from medcls.models.inference import logits_to_probs
-from medcls.onnx_model import INPUT_NAME, OnnxBackend
+from medcls.onnx_model import INPUT_NAME, load_onnx
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,9 +42,7 @@ class Calibration(CalibrationDataReader):
 
 
 def measure(path: Path, images: np.ndarray, labels: np.ndarray, info) -> dict:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    backend = OnnxBackend(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), 32)
+    backend, _ = load_onnx(path, batch_size=32)  # as the Predictor runs it (the quantiser keeps the metadata)
     backend.outputs(images[:32])  # warm-up
     start = time.perf_counter()
     logits = backend.logits(images)
@@ -65,10 +60,9 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="run folder (model.pt and manifest.csv)")
     ap.add_argument("--calibration", type=int, default=256, help="validation images for the activation ranges")
     args = ap.parse_args()
-    _, info = load_checkpoint(args.run)
-    cfg = config_from_dict(info.config)
-    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
-    data = prepare_data(data_cfg, args.run / "manifest.csv", quiet=True)
+    ckpt = resolve_checkpoint(args.run)[0]
+    _, info = load_checkpoint(ckpt)
+    data = checkpoint_data(ckpt, info, quiet=True)
     test, labels = np.asarray(data.images("test")), data.labels["test"]
     calib = np.asarray(data.images("val"))[np.random.default_rng(0).permutation(len(data.labels["val"]))
                                            [:args.calibration]]
