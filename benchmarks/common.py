@@ -16,22 +16,30 @@ def benchmark_model(model: str | None, workdir: Path) -> tuple[Path, Path, str]:
     """(checkpoint, exported ONNX, description): ``model`` if given, else a randomly
     initialised 224 px grayscale seed CNN (the faithful recipe's network; latency
     does not depend on the weights)."""
-    from medcls.checkpoint import ModelInfo, build_net, save_checkpoint
     from medcls.export import export_onnx
 
     if model:
         checkpoint = Path(model)
-        description = f"checkpoint {checkpoint}"
-    else:
-        import torch
+        return checkpoint, export_onnx(checkpoint, workdir / "model.onnx").path, f"checkpoint {checkpoint}"
+    return (*export_seed_cnn(workdir), "seed-cnn, 224 px grayscale, randomly initialised (latency only)")
 
+
+def export_seed_cnn(workdir: Path, net=None, size: int = 224) -> tuple[Path, Path]:
+    """(checkpoint, exported ONNX) in ``workdir`` of a grayscale seed CNN: ``net`` (an
+    ImageClassifier, e.g. just trained), or a randomly initialised one (seed 0)."""
+    import torch
+
+    from medcls.checkpoint import ModelInfo, build_net, save_checkpoint
+    from medcls.export import export_onnx
+
+    mean, std = (net.mean.flatten().tolist(), net.std.flatten().tolist()) if net is not None else ([0.5], [0.25])
+    info = ModelInfo(arch="seed-cnn", arch_kwargs={}, classes=["NORMAL", "PNEUMONIA"], image_size=size,
+                     color_mode="grayscale", mean=mean, std=std, positive_class="PNEUMONIA")
+    if net is None:
         torch.manual_seed(0)
-        info = ModelInfo(arch="seed-cnn", arch_kwargs={}, classes=["NORMAL", "PNEUMONIA"], image_size=224,
-                         color_mode="grayscale", mean=[0.5], std=[0.25], positive_class="PNEUMONIA")
-        checkpoint = save_checkpoint(workdir / "model.pt", build_net(info), info)
-        description = "seed-cnn, 224 px grayscale, randomly initialised (latency only)"
-    onnx = export_onnx(checkpoint, workdir / "model.onnx").path
-    return checkpoint, onnx, description
+        net = build_net(info)
+    checkpoint = save_checkpoint(workdir / "model.pt", net.to(memory_format=torch.contiguous_format), info)
+    return checkpoint, export_onnx(checkpoint, workdir / "model.onnx").path
 
 
 def median_ms(fn, repeats: int = 50) -> float:

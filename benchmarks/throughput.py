@@ -25,12 +25,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import median_ms
+from common import export_seed_cnn, median_ms
 
-from medcls.checkpoint import ModelInfo, save_checkpoint
 from medcls.config import load_config
 from medcls.data.prepared import make_loader, prepare_data, to_model_input
-from medcls.export import export_onnx
 from medcls.models import build_model
 from medcls.onnx_model import load_onnx
 from medcls.training.module import LitClassifier
@@ -75,11 +73,8 @@ def train_flops_per_image(size: int) -> float:
 def onnx_inference(net: torch.nn.Module, size: int, images: np.ndarray) -> dict:
     """Batch-32 images/s and single-image latency of ``net`` exported with ``medcls export``
     (uint8 in, logits and OOD features out) and run by ONNX Runtime, as the Predictor runs it."""
-    info = ModelInfo(arch="seed-cnn", arch_kwargs={}, classes=["NORMAL", "PNEUMONIA"], image_size=size,
-                     color_mode="grayscale", mean=net.mean.flatten().tolist(), std=net.std.flatten().tolist())
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_checkpoint(Path(tmp) / "model.pt", net.to(memory_format=torch.contiguous_format), info)
-        backend, _ = load_onnx(export_onnx(ckpt).path, batch_size=32)
+        backend, _ = load_onnx(export_seed_cnn(Path(tmp), net, size)[1], batch_size=32)
         backend.outputs(images[:32])  # warm-up
         t = time.perf_counter()
         backend.outputs(images)
