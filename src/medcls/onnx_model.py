@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,11 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, session, batch_size: int = 32):
+    def __init__(self, session, batch_size: int = 32, threads: int | None = None):
         self.session, self.batch_size = session, batch_size
+        # Runs that fit side by side on this machine: one per core for single-threaded
+        # sessions, else one (a session spreads over all cores itself).
+        self.parallel_runs = max(1, (os.cpu_count() or 1) // threads) if threads else 1
         width = session.get_outputs()[1].shape[1]
         self.feature_width = width if isinstance(width, int) else None  # None: not fixed in the graph
 
@@ -79,4 +83,4 @@ def load_onnx(path: str | Path, batch_size: int = 32, threads: int | None = None
     names = [o.name for o in session.get_outputs()]
     if [i.name for i in session.get_inputs()] != [INPUT_NAME] or names[:2] != list(OUTPUT_NAMES):
         raise CheckpointError(f"{path}: expected input '{INPUT_NAME}' and outputs {list(OUTPUT_NAMES)}, got {names}")
-    return OnnxBackend(session, batch_size), info
+    return OnnxBackend(session, batch_size, threads), info

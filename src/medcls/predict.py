@@ -80,10 +80,11 @@ class Predictor:
         return cls(backend, info, batch_size)
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs) -> "Predictor":
-        """An exported ``.onnx`` file runs on ONNX Runtime; a checkpoint or run folder on PyTorch."""
+    def load(cls, path: str | Path, onnx_threads: int | None = None, **kwargs) -> "Predictor":
+        """An exported ``.onnx`` file runs on ONNX Runtime (``onnx_threads`` threads per run; None:
+        all cores); a checkpoint or run folder on PyTorch."""
         if Path(path).suffix.lower() == ".onnx":
-            return cls.from_onnx(path, **kwargs)
+            return cls.from_onnx(path, threads=onnx_threads, **kwargs)
         return cls.from_checkpoint(path, **kwargs)
 
     @property

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
@@ -48,9 +47,6 @@ ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 # in batches of 8 when the CPU is contended; ONNX Runtime (no spin-waiting) costs
 # the same either way, and batches of 8 lowered the service's throughput.
 AUTO_BATCH = {"pytorch": 8, "onnxruntime": 1}
-# Batches run at once: PyTorch spreads one over all cores; the service's ONNX Runtime
-# sessions are single-threaded (server.load_app), so one per core.
-AUTO_WORKERS = {"onnxruntime": os.cpu_count() or 1}
 
 
 @dataclass
@@ -143,7 +139,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     info = predictor.info
     batcher: MicroBatcher = MicroBatcher(
         lambda items: predictor.predict_rows(np.stack([image for _, image in items]), [name for name, _ in items]),
-        settings.max_batch, AUTO_WORKERS.get(predictor.backend.name, 1))
+        settings.max_batch, getattr(predictor.backend, "parallel_runs", 1))  # PyTorch: one, over all cores
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -27,9 +27,9 @@ def load_app(model: str | Path | None = None, settings: ServiceSettings | None =
     from medcls.assets import shipped_model
 
     model = model or shipped_model()
-    # ONNX Runtime: one thread per session run and one run per core (AUTO_WORKERS in the app)
-    # beats one run spread over all cores for single images.
-    predictor = Predictor.from_onnx(model, threads=1) if Path(model).suffix.lower() == ".onnx" else Predictor.load(model)
+    # ONNX Runtime: single-threaded runs, one per core at a time, beat one run spread over
+    # all cores for the service's single images.
+    predictor = Predictor.load(model, onnx_threads=1)
     return create_app(predictor, model_id(model, predictor.info.arch), settings)
 
 
@@ -37,9 +37,7 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
           settings: ServiceSettings | None = None) -> None:
     """Serve ``model`` (default: the shipped model) on ``host:port`` until interrupted (loopback only by default)."""
     import uvicorn
-    from medcls.assets import shipped_model
 
-    model = model or shipped_model()
     app = load_app(model, settings)
-    print(f"medcls: serving {model} at http://{host}:{port}/ (API docs: /docs)", flush=True)
+    print(f"medcls: serving {model or 'the shipped model'} at http://{host}:{port}/ (API docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
