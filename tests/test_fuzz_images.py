@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -77,8 +77,18 @@ def _check(data: bytes, color_mode: str, size: int | None, must_load: bool = Fal
         assert arr.shape[:2] == (size, size)
 
 
+# Found by the fuzzer: a TIFF whose strip-offset tag became a RATIONAL; Pillow raises TypeError.
+BAD_TIFF_TAG_TYPE = (b"MM\x00*\x00\x00\x00\x08\x00\t\x01\x00\x00\x04\x00\x00\x00\x01\x00\x00\x00\x01\x01\x01"
+                     b"\x00\x04\x00\x00\x00\x01\x00\x00\x00\x04\x01\x02\x00\x03\x00\x00\x00\x01\x00\x10\x00\x00"
+                     b"\x01\x03\x00\x03\x00\x00\x00\x01\x00\x01\x00\x00\x01\x06\x00\x03\x00\x00\x00\x01\x00\x01"
+                     b"\x00\x00\x01\x11\x00\x05\x00\x00\x00\x01\x00\x00\x00z\x01\x16\x00\x04\x00\x00\x00\x01\x00"
+                     b"\x00\x00\x04\x01\x17\x00\x04\x00\x00\x00\x01\x00\x00\x00\x08\x01\x1c\x00\x03\x00\x00\x00\x01"
+                     b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\xff\x00\xff\x00\xff\x00\xff")
+
+
 @FUZZ
 @given(encoded_images(), st.sampled_from(["grayscale", "rgb"]), st.one_of(st.none(), st.integers(1, 96)))
+@example((BAD_TIFF_TAG_TYPE, False), "grayscale", None)
 def test_any_image_loads_or_fails_cleanly(image, color_mode, size):
     data, intact = image
     _check(data, color_mode, size, must_load=intact)

@@ -122,7 +122,8 @@ def open_image(source: Source, draft: tuple[str, int] | None = None) -> Image.Im
         raise ImageLoadError(name, "not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(name, "image is too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    # TypeError: Pillow's TIFF reader meets a tag of the wrong type (e.g. a rational strip offset)
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:
         raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from None
 
 
