@@ -1,6 +1,6 @@
 """In-process, single-image, end-to-end latency: image bytes in -> JSON-able
 prediction row out (decode, resize, model, calibration, threshold, JSON), through
-ONNX Runtime and through PyTorch, one image at a time.
+ONNX Runtime, PyTorch and PyTorch compiled (bf16, ``--compile``), one image at a time.
 
     PYTHONPATH=src python benchmarks/latency.py [--model model.pt] [--repeats 300]
 
@@ -78,8 +78,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, onnx, description = benchmark_model(args.model, Path(tmp))
         results = {}
-        for name, path in (("onnxruntime", onnx), ("pytorch", checkpoint)):
-            predictor = Predictor.load(path)
+        for name, path, compile in (("onnxruntime", onnx, False), ("pytorch", checkpoint, False),
+                                    ("pytorch-compiled", checkpoint, True)):
+            predictor = Predictor.load(path, compile=compile)
             results[name] = {**measure(predictor, data, args.repeats, args.warmup),
                              "model_only": batch_cost(predictor, data)}
     report = {"benchmark": "single-image end-to-end latency, in process", "model": description,

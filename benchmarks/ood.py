@@ -29,7 +29,9 @@ from threadpoolctl import threadpool_limits
 
 from medcls.checkpoint import load_checkpoint
 from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
-from medcls.evaluation.ood import METHODS, OODDetector, OODFeatures, fit_detector, logits_and_features
+from medcls.config import load_config
+from medcls.evaluation.ood import (METHODS, OODDetector, OODFeatures, fit_detector, logits_and_features,
+                                     reference_features)
 from medcls.evaluation.ood_eval import separation
 from medcls.evaluation.ood_probes import SYNTHETIC, TRANSFORMS, synthetic_images, transformed_images
 from medcls.predict import Predictor, expand_paths
@@ -128,7 +130,16 @@ def main(argv: list[str] | None = None) -> dict:
     val_logits, val_features = outputs(data.images("val"))
     detectors = {m: fit_detector(m, model.blocks, train_features, data.labels["train"], val_features, val_logits,
                                  stored.flag_rate) for m in METHODS if m != stored.method}
-    detectors = {stored.method: stored, **detectors}
+    # the stored method the other way: with augmented copies of the training images if it had none, or without
+    augment = None if stored.augmented else load_config(args.run / "config.yaml").augment
+    variant_features, variant_labels = reference_features(model, data.images("train"), data.labels["train"], 64,
+                                                          augment)
+    variant = f"{stored.method}, {'without' if stored.augmented else 'with'} augmented copies"
+    stored_name = f"{stored.method}{', with augmented copies' if stored.augmented else ''} (stored)"
+    detectors = {stored_name: stored,
+                 variant: fit_detector(stored.method, model.blocks, variant_features, variant_labels, val_features,
+                                       val_logits, stored.flag_rate, augment is not None),
+                 **detectors}
     scored = {}
     for name, (group, images) in sets.items():
         logits, features = outputs(images)
@@ -145,16 +156,16 @@ def main(argv: list[str] | None = None) -> dict:
     timing_images = data.images("test")[:512]
     z, f = outputs(timing_images)
     cost = flag_cost(args.run, timing_images, test_paths[:256], args.repeats, lambda: stored.score(f, z))
-    far = [r[stored.method]["flagged"] for r in results.values() if r["group"] == "far"]
+    far = [r[stored_name]["flagged"] for r in results.values() if r["group"] == "far"]
     log = json.loads((args.run / "training.json").read_text())
     report = {
         "run": str(args.run), "arch": info.arch, "image_size": info.image_size, "color_mode": info.color_mode,
         "n_train": int(len(data.labels["train"])), "monitor": log["monitor"], "best_val": log["best_epoch_score"],
-        "dataset": data.index.name, "detector": {"method": stored.method, "threshold": stored.threshold,
+        "dataset": data.index.name, "detector": {"method": stored_name, "threshold": stored.threshold,
                                                  "target_flag_rate": stored.flag_rate},
         "methods": list(detectors), "sets": results, "flag_cost": cost,
         "train_feature_seconds": round(train_seconds, 2), "targets": TARGETS,
-        "verdict": {"test_flagged": results["test"][stored.method]["flagged"], "far_flagged_min": min(far),
+        "verdict": {"test_flagged": results["test"][stored_name]["flagged"], "far_flagged_min": min(far),
                     "extra_time_forward": cost["forward"]["extra"], "extra_time_files": cost["files"]["extra"]},
         "command": "PYTHONPATH=src python benchmarks/ood.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }

@@ -1,18 +1,19 @@
 """Load test of the web service on loopback: N concurrent clients post one real
 chest X-ray each, request after request, for a bounded time; reports throughput,
 p50/p95/p99 latency and the error count, with batching of concurrent requests
-on (--max-batch 8) and off (1), for the ONNX Runtime or the PyTorch backend.
+on (--max-batch 8) and off (1), for the ONNX Runtime, PyTorch or compiled PyTorch (bf16) backend.
 
-    PYTHONPATH=src python benchmarks/serve_load.py [--model model.pt] [--clients 8] [--backend pytorch]
+    PYTHONPATH=src python benchmarks/serve_load.py [--model model.pt] [--clients 8] [--backend pytorch-compiled]
 
 Starts `medcls serve` itself on a free 127.0.0.1 port and stops it at the end.
-Writes benchmarks/results/serve_load.json (serve_load_pytorch.json). Target:
+Writes benchmarks/results/serve_load.json (serve_load_BACKEND.json for the others). Target:
 p95 <= 50 ms at 8 concurrent clients, zero errors."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -22,19 +23,21 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import httpx
 from common import IMAGE, RESULTS, ROOT, benchmark_model, machine, percentiles
 
 
 @contextmanager
-def running_server(model: Path, max_batch: int):
+def running_server(model: Path, max_batch: int, compile: bool = False):
     """`medcls serve` on a free loopback port; yields its URL and process id, stops it afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "medcls.cli", "serve", "--model", str(model), "--port", str(port),
-                             "--max-batch", str(max_batch)], env=env, stdout=subprocess.DEVNULL)
+                             "--max-batch", str(max_batch), *(["--compile"] if compile else [])],
+                            env=env, stdout=subprocess.DEVNULL)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
     try:
         while True:
@@ -66,18 +69,21 @@ async def load(url: str, data: bytes, clients: int, duration: float, warmup: flo
     measure_from, stop_at = start + warmup, start + warmup + duration
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        # aiohttp: a third of httpx's CPU per request, which the 2 cores' server would otherwise lose.
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(30)) as c:
             while (t0 := time.perf_counter()) < stop_at:
+                form = aiohttp.FormData()
+                form.add_field("file", data, filename="xray.jpeg", content_type="image/jpeg")
                 try:
-                    res = await c.post("/v1/predict", files=[("file", ("xray.jpeg", data, "image/jpeg"))])
-                    ok = res.status_code == 200
-                    detail = None if ok else f"{res.status_code} {res.text[:200]}"
-                except httpx.HTTPError as exc:
+                    async with c.post("/v1/predict", data=form) as res:
+                        ok, body = res.status == 200, await res.read()
+                    detail = None if ok else f"{res.status} {body[:200]!r}"
+                except aiohttp.ClientError as exc:
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
                 if t0 >= measure_from:
                     if ok:
                         latencies.append((time.perf_counter() - t0) * 1000)
-                        server_ms.append(res.json()["predictions"][0]["latency_ms"])
+                        server_ms.append(json.loads(body)["predictions"][0]["latency_ms"])
                     else:
                         errors.append(detail)
 
@@ -97,9 +103,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring")
     parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 8, 1, 8],
                         help="server batch limits to compare, run in this order (alternating evens out load drift)")
-    parser.add_argument("--backend", choices=["onnxruntime", "pytorch"], default="onnxruntime",
-                        help="serve the exported ONNX file or the checkpoint")
-    parser.add_argument("--out", help="default: benchmarks/results/serve_load.json (serve_load_pytorch.json)")
+    parser.add_argument("--backend", choices=["onnxruntime", "pytorch", "pytorch-compiled"], default="onnxruntime",
+                        help="serve the exported ONNX file, the checkpoint, or the checkpoint with --compile")
+    parser.add_argument("--out", help="default: benchmarks/results/serve_load.json (serve_load_BACKEND.json)")
     args = parser.parse_args()
 
     from medcls.io import atomic_write_json
@@ -110,7 +116,7 @@ def main() -> None:
         checkpoint, onnx, description = benchmark_model(args.model, Path(tmp))
         model = onnx if args.backend == "onnxruntime" else checkpoint
         for max_batch in args.max_batch:
-            with running_server(model, max_batch) as (url, pid):
+            with running_server(model, max_batch, args.backend == "pytorch-compiled") as (url, pid):
                 server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
                 r = asyncio.run(load(url, data, args.clients, args.duration, args.warmup))
                 # CPU cost per request, warm-up included: unlike latency, a busy machine hardly changes it.
@@ -122,7 +128,7 @@ def main() -> None:
                   f"p95 {r['latency']['p95_ms']:.1f} ms, p99 {r['latency']['p99_ms']:.1f} ms, {r['errors']} errors; "
                   f"CPU per request: server {r['server_cpu_ms_per_request']} ms, "
                   f"client {r['client_cpu_ms_per_request']} ms")
-    out = args.out or RESULTS / ("serve_load.json" if args.backend == "onnxruntime" else "serve_load_pytorch.json")
+    out = args.out or RESULTS / ("serve_load.json" if args.backend == "onnxruntime" else f"serve_load_{args.backend}.json")
     report = {"benchmark": f"service load on loopback ({args.backend} backend)", "model": description,
               "image": str(args.image), "machine": machine(), "load_average_after": os.getloadavg(),
               "command": "PYTHONPATH=src python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),

@@ -10,10 +10,11 @@ from conftest import FUNDUS, ROOT, quick_overrides
 
 from medcls.checkpoint import load_checkpoint, save_checkpoint
 from medcls.cli import main
-from medcls.config import ConfigError, config_from_dict, load_config
+from medcls.config import AugmentConfig, ConfigError, config_from_dict, load_config
+from medcls.data.augment import augmented_copies
 from medcls.data.prepared import prepare_data
 from medcls.evaluation.evaluate import EvaluationError, evaluate
-from medcls.evaluation.ood import METHODS, OODDetector, OODFeatures, fit_detector, fit_ood
+from medcls.evaluation.ood import METHODS, OODDetector, OODFeatures, fit_detector, fit_ood, logits_and_features
 from medcls.models.inference import WithFeatures
 from medcls.evaluation.ood_probes import SYNTHETIC, TRANSFORMS, synthetic_images, transformed_images, write_images
 from medcls.predict import Predictor, expand_paths
@@ -192,3 +193,24 @@ def test_flag_rate_config_is_checked(tmp_path):
         load_config(ROOT / "configs" / "pneumonia-quick.yaml", [*quick_overrides(tmp_path), "eval.ood_flag_rate=0.9"])
     with pytest.raises(ConfigError, match="eval.ood_method"):
         load_config(None, ["eval.ood_method=knn"])
+
+
+def test_detector_fitted_with_augmented_copies(trained_run, run_data):
+    """``eval.ood_augmented``: the Gaussians also see one augmented copy of each training image
+    (seeded: the same copies every time, and the caller's random stream is left alone)."""
+    net, info = load_checkpoint(trained_run)
+    train, labels, val = run_data.images("train"), run_data.labels["train"], run_data.images("val")
+    augment = AugmentConfig(rotation=10, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1)
+    state = torch.random.get_rng_state()
+    copies = augmented_copies(train[:16], augment)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert copies.dtype == np.uint8 and copies.shape == train[:16].shape
+    assert np.array_equal(copies, augmented_copies(train[:16], augment))
+    assert np.abs(copies.astype(int) - train[:16]).mean() > 1  # really moved
+    detector = fit_ood(net, train, labels, val, 0.05, augment=augment)
+    assert detector.augmented and not fit_ood(net, train, labels, val, 0.05).augmented
+    again = OODDetector.from_state(detector.to_state())
+    assert again.augmented and again.threshold == detector.threshold
+    model = OODFeatures(net, info.image_size, info.in_channels)
+    logits, features = logits_and_features(model, val)
+    assert np.mean(detector.score(features, logits) > detector.threshold) == pytest.approx(0.05, abs=0.03)

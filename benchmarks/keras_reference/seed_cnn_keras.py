@@ -57,6 +57,9 @@ class EpochTimes(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
+PASSES = 3  # inference passes over the images, as in benchmarks/throughput.py
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("file_list", help="text file: one 'path<TAB>label' per line")
@@ -74,9 +77,11 @@ def main() -> None:
     n = len(files)
     images = np.concatenate([x.numpy() for x, _ in ds])
     model.predict(images[: args.batch], verbose=0)  # warm-up
-    t = time.perf_counter()
-    model.predict(images, batch_size=args.batch, verbose=0)
-    infer = n / (time.perf_counter() - t)
+    infer = 0.0
+    for _ in range(PASSES):  # the best pass: the machine's noise only ever slows a pass down
+        t = time.perf_counter()
+        model.predict(images, batch_size=args.batch, verbose=0)
+        infer = max(infer, n / (time.perf_counter() - t))
     one = tf.constant(images[:1])
     model(one, training=False)
     lat = []

@@ -10,6 +10,8 @@ import sys
 from medcls import __version__
 
 EXIT_USER_ERROR = 2
+COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights where the CPU has bf16 "
+                "(about 1.3-1.7x the speed of ONNX Runtime on a bf16 CPU; compiling takes seconds)")
 
 
 def _config(args):
@@ -89,7 +91,7 @@ def cmd_predict(args) -> int:
 
     from medcls.predict import predict_files
 
-    rows, errors = predict_files(args.paths, args.model, args.out)
+    rows, errors = predict_files(args.paths, args.model, args.out, compile=args.compile)
     console = Console()
     if rows:
         table = Table()
@@ -147,7 +149,8 @@ def cmd_serve(args) -> int:
     from medcls.serving.server import serve
 
     serve(args.model, args.host, args.port, ServiceSettings(
-        max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_files=args.max_files, max_batch=args.max_batch))
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_files=args.max_files, max_batch=args.max_batch),
+        compile=args.compile)
     return 0
 
 
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="checkpoint (model.pt) or run folder (default: the shipped model)")
     p.add_argument("--out", "-o", help="write predictions to FILE.csv or FILE.json")
     p.add_argument("--explain", metavar="OUT_DIR", help="also write a heat-map overlay PNG per image into OUT_DIR")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_cam_options(p)
     p.set_defaults(fn=cmd_predict)
 
@@ -252,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted request body")
     p.add_argument("--max-files", type=int, default=16, help="most images in one request")
     p.add_argument("--max-batch", type=int, help="most concurrent images run together "
-                   "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime, where batches do not help)")
+                   "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime and --compile, where batches do not help)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("report", help="one self-contained HTML report of an evaluated run")

@@ -108,6 +108,8 @@ class EvalConfig:
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
     ood_method: str = "mahalanobis-multiscale"  # out-of-distribution score (see medcls.evaluation.ood.METHODS)
     ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
+    # fit the OOD Gaussians on augmented copies of the training images too (the training augmentation)
+    ood_augmented: bool = False
 
 
 @dataclass

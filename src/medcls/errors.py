@@ -1,6 +1,7 @@
 """The user-facing error types: each message names the file, folder or key at fault."""
 
 from medcls.checkpoint import CheckpointError
+from medcls.compiled_model import CompileError
 from medcls.config import ConfigError
 from medcls.data.datasets import DataError
 from medcls.data.images import ImageLoadError
@@ -13,4 +14,5 @@ from medcls.registry import UnknownNameError
 from medcls.reporting.report import ReportError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
-               ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError, OODEvaluationError)
+               ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError, OODEvaluationError,
+               CompileError)

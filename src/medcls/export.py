@@ -31,8 +31,8 @@ class ExportError(ValueError):
     """An export failed or its result does not match PyTorch; the message says which."""
 
 
-class OnnxGraph(torch.nn.Module):
-    """What the exported file computes: uint8 ``(N, H, W, C)`` images -> (logits, features)."""
+class InferenceGraph(torch.nn.Module):
+    """What an exported file (or a compiled model) computes: uint8 ``(N, H, W, C)`` images -> (logits, features)."""
 
     def __init__(self, net: torch.nn.Module, image_size: int, channels: int, tta: bool = False):
         super().__init__()
@@ -79,7 +79,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     path = Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     out = Path(out) if out is not None else path.with_suffix(".onnx")
     size, c = info.image_size, info.in_channels
-    graph = OnnxGraph(net, size, c, info.tta).eval()
+    graph = InferenceGraph(net, size, c, info.tta).eval()
     example = torch.zeros((2, size, size, c), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's concern

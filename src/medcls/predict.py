@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from medcls.checkpoint import ModelInfo, load_checkpoint
+from medcls.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
 from medcls.evaluation.ood import OODDetector, OODFeatures, logits_and_features, ood_columns
 from medcls.io import atomic_write_text
@@ -70,9 +70,16 @@ class Predictor:
         self._features = OODFeatures(self.net, info.image_size, info.in_channels) if self.ood and self.net else None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, batch_size: int = 32, compile: bool = False,
+                        threads: int | None = None) -> "Predictor":
+        """A checkpoint on PyTorch; ``compile``: through :class:`~medcls.compiled_model.CompiledBackend`
+        (bf16, TorchInductor; ``threads`` torch threads per run, None: torch's choice)."""
         net, info = load_checkpoint(path)
-        return cls(net, info, **kwargs)
+        if compile:
+            from medcls.compiled_model import CompiledBackend
+
+            return cls(CompiledBackend(net, info, batch_size, threads), info, batch_size)
+        return cls(net, info, batch_size)
 
     @classmethod
     def from_onnx(cls, path: str | Path, batch_size: int = 32, threads: int | None = None) -> "Predictor":
@@ -80,12 +87,14 @@ class Predictor:
         return cls(backend, info, batch_size)
 
     @classmethod
-    def load(cls, path: str | Path, onnx_threads: int | None = None, **kwargs) -> "Predictor":
-        """An exported ``.onnx`` file runs on ONNX Runtime (``onnx_threads`` threads per run; None:
-        all cores); a checkpoint or run folder on PyTorch."""
+    def load(cls, path: str | Path, threads: int | None = None, compile: bool = False, **kwargs) -> "Predictor":
+        """An exported ``.onnx`` file runs on ONNX Runtime (``threads`` threads per run; None:
+        all cores); a checkpoint or run folder on PyTorch, compiled if ``compile``."""
         if Path(path).suffix.lower() == ".onnx":
-            return cls.from_onnx(path, threads=onnx_threads, **kwargs)
-        return cls.from_checkpoint(path, **kwargs)
+            if compile:
+                raise CheckpointError(f"{path}: compiling applies to PyTorch checkpoints, not to ONNX files")
+            return cls.from_onnx(path, threads=threads, **kwargs)
+        return cls.from_checkpoint(path, compile=compile, threads=threads if compile else None, **kwargs)
 
     @property
     def classes(self) -> list[str]:
@@ -167,13 +176,13 @@ def write_predictions(rows: list[dict], out: str | Path) -> Path:
     return out
 
 
-def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None
-                  ) -> tuple[list[dict], dict[str, str]]:
+def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None,
+                  compile: bool = False) -> tuple[list[dict], dict[str, str]]:
     """Predict image files and folders with ``model`` (checkpoint or ONNX; default: the
-    shipped model); optionally write ``out``."""
+    shipped model; ``compile``: bf16 TorchInductor, for many images); optionally write ``out``."""
     from medcls.assets import shipped_model
 
-    predictor = Predictor.load(model or shipped_model())
+    predictor = Predictor.load(model or shipped_model(), compile=compile)
     files = expand_paths(paths)
     rows, errors = predictor.predict(files)
     if out is not None:

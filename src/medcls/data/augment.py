@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medcls.config import AugmentConfig
+from medcls.data.prepared import to_model_input
 
 
 class BatchAugment(nn.Module):
@@ -45,3 +47,21 @@ class BatchAugment(nn.Module):
         if cfg.brightness:
             x = x + self._uniform(n, cfg.brightness, x)[:, None, None, None]
         return x.clamp(0, 1)
+
+
+@torch.no_grad()
+def augmented_copies(images: np.ndarray, cfg: AugmentConfig, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+    """One randomly augmented copy of each uint8 image ``(N, H, W, C)``, drawn as training draws
+    them (seeded, so the same images give the same copies)."""
+    augment = BatchAugment(cfg).train()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out = np.empty_like(images)
+        for start in range(0, len(images), batch_size):
+            x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])))
+            y = augment(x).mul_(255).round_().to(torch.uint8)
+            out[start:start + len(x)] = y.permute(0, 2, 3, 1).numpy()
+        return out
+    finally:
+        torch.random.set_rng_state(generator_state)  # the caller's random stream goes on untouched

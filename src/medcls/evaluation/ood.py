@@ -34,6 +34,8 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from medcls.checkpoint import ModelInfo
+from medcls.config import AugmentConfig
+from medcls.data.augment import augmented_copies
 from medcls.data.prepared import to_model_input
 from medcls.models.inference import WithFeatures, tta_views
 
@@ -159,6 +161,7 @@ class OODDetector:
     flag_rate: float  # fraction of validation images flagged at ``threshold``
     blocks: list[int]  # sizes of the feature blocks (scales..., penultimate), see OODFeatures
     gaussians: dict[int, Gaussians] = field(default_factory=dict)  # block index -> its Gaussians
+    augmented: bool = False  # the Gaussians saw augmented copies of the training images too
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """The OOD score of each image from its features (:class:`OODFeatures`) and logits."""
@@ -178,7 +181,7 @@ class OODDetector:
     def to_state(self) -> dict:
         """Plain values and tensors, loadable with ``torch.load(weights_only=True)``."""
         return {"method": self.method, "threshold": float(self.threshold), "flag_rate": float(self.flag_rate),
-                "blocks": list(self.blocks),
+                "blocks": list(self.blocks), "augmented": self.augmented,
                 "gaussians": [{"block": b, "means": torch.from_numpy(g.means.astype(np.float32)),
                                "whitening": torch.from_numpy(g.whitening.astype(np.float32)), "scale": float(g.scale)}
                               for b, g in self.gaussians.items()]}
@@ -188,7 +191,8 @@ class OODDetector:
         # tensors in a checkpoint, nested lists in an ONNX file's JSON metadata
         gaussians = {g["block"]: Gaussians(np.asarray(g["means"], np.float32), np.asarray(g["whitening"], np.float32),
                                            g["scale"]) for g in state["gaussians"]}
-        return cls(state["method"], state["threshold"], state["flag_rate"], list(state["blocks"]), gaussians)
+        return cls(state["method"], state["threshold"], state["flag_rate"], list(state["blocks"]), gaussians,
+                   bool(state.get("augmented", False)))  # older checkpoints: fitted without copies
 
     @classmethod
     def from_info(cls, info: ModelInfo) -> Optional["OODDetector"]:
@@ -198,11 +202,13 @@ class OODDetector:
 
 
 def fit_detector(method: str, blocks: list[int], train_features: np.ndarray, train_labels: np.ndarray,
-                 val_features: np.ndarray, val_logits: np.ndarray, flag_rate: float) -> OODDetector:
-    """Fit ``method`` on training features; set its threshold to flag ``flag_rate`` of validation."""
+                 val_features: np.ndarray, val_logits: np.ndarray, flag_rate: float,
+                 augmented: bool = False) -> OODDetector:
+    """Fit ``method`` on training features (``augmented``: they include augmented copies); set its
+    threshold to flag ``flag_rate`` of validation."""
     if method not in METHODS:
         raise ValueError(f"unknown OOD method {method!r} (known: {', '.join(METHODS)})")
-    detector = OODDetector(method, 0.0, flag_rate, list(blocks))
+    detector = OODDetector(method, 0.0, flag_rate, list(blocks), augmented=augmented)
     used = {"mahalanobis-multiscale": range(len(blocks)), "mahalanobis-penultimate": [len(blocks) - 1]}
     edges = np.cumsum([0, *blocks])
     for b in used.get(method, []):
@@ -215,13 +221,27 @@ def fit_detector(method: str, blocks: list[int], train_features: np.ndarray, tra
 
 def fit_ood(net: torch.nn.Module, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
             flag_rate: float = 0.05, method: str = "mahalanobis-multiscale", batch_size: int = 64,
-            tta: bool = False) -> OODDetector:
-    """Fit the OOD detector of a trained ``net`` (training images, unaugmented; threshold on validation,
-    with the logits the model predicts with: TTA-averaged if ``tta``)."""
+            tta: bool = False, augment: Optional[AugmentConfig] = None) -> OODDetector:
+    """Fit the OOD detector of a trained ``net`` (training images, unaugmented, plus one copy of each
+    augmented by ``augment`` if given; threshold on validation, with the logits the model predicts
+    with: TTA-averaged if ``tta``)."""
     model = OODFeatures(net, train_images.shape[1], train_images.shape[3])
-    _, train_features = logits_and_features(model, train_images, batch_size)
+    train_features, train_labels = reference_features(model, train_images, train_labels, batch_size, augment)
     val_logits, val_features = logits_and_features(model, val_images, batch_size, tta)
-    return fit_detector(method, model.blocks, train_features, train_labels, val_features, val_logits, flag_rate)
+    return fit_detector(method, model.blocks, train_features, train_labels, val_features, val_logits, flag_rate,
+                        augmented=augment is not None and augment.enabled)
+
+
+def reference_features(model: OODFeatures, images: np.ndarray, labels: np.ndarray, batch_size: int = 64,
+                       augment: Optional[AugmentConfig] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (and labels) the Gaussians are fitted on: the training images, and with ``augment``
+    also an augmented copy of each, so that the variation the network was trained to ignore
+    (small rotations, shifts, zooms, brightness and contrast) counts as familiar."""
+    features = logits_and_features(model, images, batch_size)[1]
+    if augment is None or not augment.enabled:
+        return features, labels
+    copies = logits_and_features(model, augmented_copies(images, augment), batch_size)[1]
+    return np.concatenate([features, copies]), np.concatenate([labels, labels])
 
 
 def ood_columns(scores: Optional[np.ndarray], info: ModelInfo, n: int) -> list[dict]:

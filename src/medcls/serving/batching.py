@@ -13,8 +13,9 @@ R = TypeVar("R")
 
 
 class MicroBatcher(Generic[T, R]):
-    """Runs ``fn(list of items) -> list of results`` on one worker thread, at most
-    ``max_batch`` items at a time; :meth:`submit` awaits one item's result."""
+    """Runs ``fn(list of items) -> list of results`` on worker threads, at most
+    ``max_batch`` items at a time; :meth:`submit` awaits one item's result (raises it,
+    if ``fn`` gave an exception as that item's result)."""
 
     def __init__(self, fn: Callable[[list[T]], list[R]], max_batch: int = 8, workers: int = 1):
         if max_batch < 1:
@@ -77,4 +78,7 @@ class MicroBatcher(Generic[T, R]):
             self._slots.release()
         for (_, fut), result in zip(batch, results):
             if not fut.done():
-                fut.set_result(result)
+                if isinstance(result, BaseException):  # this item's own failure
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)

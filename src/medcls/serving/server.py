@@ -21,23 +21,26 @@ def model_id(path: str | Path, arch: str) -> str:
     return f"{arch}-{digest.hexdigest()[:12]}"
 
 
-def load_app(model: str | Path | None = None, settings: ServiceSettings | None = None):
+def load_app(model: str | Path | None = None, settings: ServiceSettings | None = None, compile: bool = False):
     """The FastAPI app serving ``model`` (``model.pt``, a run folder or an exported ``.onnx``;
-    default: the shipped model)."""
+    default: the shipped model; ``compile``: a checkpoint through bf16 TorchInductor)."""
     from medcls.assets import shipped_model
 
     model = model or shipped_model()
-    # ONNX Runtime: single-threaded runs, one per core at a time, beat one run spread over
-    # all cores for the service's single images.
-    predictor = Predictor.load(model, onnx_threads=1)
+    # ONNX Runtime and compiled models: single-threaded runs, one per core at a time, beat one
+    # run spread over all cores for the service's single images.
+    predictor = Predictor.load(model, threads=1, compile=compile)
     return create_app(predictor, model_id(model, predictor.info.arch), settings)
 
 
 def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServiceSettings | None = None) -> None:
+          settings: ServiceSettings | None = None, compile: bool = False) -> None:
     """Serve ``model`` (default: the shipped model) on ``host:port`` until interrupted (loopback only by default)."""
+    import sys
+
     import uvicorn
 
-    app = load_app(model, settings)
+    sys.setswitchinterval(0.0005)
+    app = load_app(model, settings, compile)
     print(f"medcls: serving {model or 'the shipped model'} at http://{host}:{port}/ (API docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

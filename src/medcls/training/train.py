@@ -227,7 +227,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     if len(val_labels):
         info.extras["ood"] = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"),
                                      cfg.eval.ood_flag_rate, cfg.eval.ood_method, cfg.data.batch_size,
-                                     cfg.eval.tta).to_state()
+                                     cfg.eval.tta, cfg.augment if cfg.eval.ood_augmented else None).to_state()
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
     device = trainer.strategy.root_device
