@@ -4,6 +4,7 @@ and the web page in Debian's chromium driven by Playwright."""
 
 import asyncio
 import contextlib
+import io
 import socket
 import struct
 import subprocess
@@ -21,6 +22,7 @@ from conftest import ROOT, XRAY
 from dicom_files import dicom_bytes, xray_dicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from medcls.assets import shipped_model
 from medcls.predict import Predictor
@@ -282,6 +284,25 @@ def test_serving_a_checkpoint_in_a_thread(trained_run):
     assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]
 
 
+def test_heat_maps_from_a_checkpoint_and_not_from_onnx(client, trained_run):
+    """``POST /v1/heatmap``: Grad-CAM++ over the image as PNG for a checkpoint; a clear 409 for ONNX."""
+    refused = post(client, (JPEG.name, JPEG_BYTES, "image/jpeg"), path="/v1/heatmap")
+    assert refused.status_code == 409 and "PyTorch checkpoint" in refused.json()["detail"]
+    assert client.get("/v1/model").json()["heatmaps"] is False
+    with thread_server(load_app(trained_run)) as c:
+        assert c.get("/v1/model").json()["heatmaps"] is True
+        res = post(c, (JPEG.name, JPEG_BYTES, "image/jpeg"), path="/v1/heatmap")
+        assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+        heat = np.asarray(Image.open(io.BytesIO(res.content)).convert("RGB")).astype(int)
+        plain = np.asarray(Image.open(io.BytesIO(post(c, (JPEG.name, JPEG_BYTES, "image/jpeg"),
+                                                      path="/v1/preview").content)).convert("RGB")).astype(int)
+        assert heat.shape == plain.shape and max(heat.shape[:2]) <= 512
+        assert np.abs(heat[..., 0] - heat[..., 2]).mean() > 5  # coloured by the map, unlike the gray X-ray
+        bad = post(c, ("broken.jpeg", JPEG_BYTES[:200], "image/jpeg"), path="/v1/heatmap")
+        assert bad.status_code == 422 and bad.json()["detail"].startswith("broken.jpeg: ")
+        assert c.get("/healthz").status_code == 200
+
+
 def test_serve_defaults_to_the_shipped_model():
     """``medcls serve`` without --model serves the packaged model, OOD flag included."""
     with thread_server(load_app()) as c:
@@ -322,9 +343,28 @@ def test_web_page_in_chromium(server, tmp_path):
                 assert page.locator(".bar").count() == 2
                 widths = page.eval_on_selector_all(".bar .fill", "els => els.map(e => parseFloat(e.style.width))")
                 assert sum(widths) == pytest.approx(100, abs=0.2)
+            assert page.locator("#heatmap-figure").is_hidden()  # an ONNX model has no heat maps
             page.set_input_files("#file", str(empty))
             page.wait_for_selector("#error:not([hidden])")
             assert "empty.png: file is empty (0 bytes)" in page.inner_text("#error")
             assert failed == []
+        finally:
+            browser.close()
+
+
+def test_web_page_shows_the_heat_map_of_a_checkpoint(trained_run):
+    from playwright.sync_api import sync_playwright
+
+    with thread_server(load_app(trained_run)) as c, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+        try:
+            page = browser.new_page()
+            page.goto(str(c.base_url))
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+            page.set_input_files("#file", str(JPEG))
+            page.wait_for_function("document.getElementById('result-class').textContent !== '' && "
+                                   "!document.getElementById('heatmap-figure').hidden && "
+                                   "document.getElementById('heatmap').naturalWidth > 0")
+            assert "where the model looked" in page.inner_text("#heatmap-figure")
         finally:
             browser.close()

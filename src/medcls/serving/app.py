@@ -3,8 +3,9 @@
 ``POST /v1/predict`` takes images (JPEG, PNG, DICOM, ...) as the repeatable
 multipart field ``file`` and returns, per image, the class, the calibrated
 probabilities, the threshold, the model id and the latency; ``GET /healthz``,
-``GET /v1/model`` (model card facts), the OpenAPI schema at ``/openapi.json``
-and the web page at ``/``. Every bad input gets a 4xx JSON ``{"detail": ...}``
+``GET /v1/model`` (model card facts), ``POST /v1/preview`` and ``POST /v1/heatmap``
+(the image as read, and its Grad-CAM++ overlay, as PNG), the OpenAPI schema at
+``/openapi.json`` and the web page at ``/``. Every bad input gets a 4xx JSON ``{"detail": ...}``
 naming the problem; images are decoded in the model's worker threads and concurrent
 requests share model batches (:class:`MicroBatcher`)."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +32,7 @@ from starlette.formparsers import MultiPartException
 from medcls import __version__
 from medcls.checkpoint import checkpoint_summary
 from medcls.data.images import ImageLoadError, load_image
+from medcls.explain.gradcam import Explainer
 from medcls.predict import Predictor
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.limits import BodyLimit, UploadTooLarge
@@ -132,9 +135,21 @@ async def decode(name: str, data: bytes, fn) -> np.ndarray:
         raise HTTPException(422, f"{name}: {exc.reason}") from None
 
 
-def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | None = None) -> FastAPI:
-    """The service for ``predictor``; ``model_id`` names the model in every answer."""
+def png_thumbnail(rgb: np.ndarray) -> bytes:
+    """An RGB image as PNG bytes, at most :data:`PREVIEW_SIZE` pixels on its longer side."""
+    img = Image.fromarray(rgb)
+    img.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | None = None,
+               explainer: Explainer | None = None) -> FastAPI:
+    """The service for ``predictor``; ``model_id`` names the model in every answer; ``explainer``
+    (Grad-CAM on a PyTorch copy of the model) serves heat maps, None: none (an ONNX model)."""
     settings = settings or ServiceSettings()
+    explain_lock = threading.Lock()  # Grad-CAM hooks one network: one explanation at a time
     if settings.max_batch is None:
         settings = replace(settings, max_batch=AUTO_BATCH.get(predictor.backend.name, 1))
     info = predictor.info
@@ -185,7 +200,8 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     async def model_card() -> dict:
         """Facts about the served model: classes, input, decision rule, calibration, limits."""
         return {"model_id": model_id, "backend": predictor.backend.name, "medcls_version": __version__,
-                **checkpoint_summary(info), "ordinal": info.ordinal, "limits": asdict(settings)}
+                **checkpoint_summary(info), "ordinal": info.ordinal, "heatmaps": explainer is not None,
+                "limits": asdict(settings)}
 
     @app.post("/v1/predict", response_model=Predictions, responses=PROBLEMS, openapi_extra=UPLOAD_BODY)
     async def predict(request: Request) -> JSONResponse:
@@ -203,12 +219,25 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     async def preview(request: Request) -> Response:
         """The uploaded image as PNG (at most 512 px), as medcls reads it: DICOM windowed, for the page to show."""
         [(name, data)] = await read_uploads(request, 1)
-        rgb = await decode(name, data, lambda b: load_image(b, "rgb"))
-        img = Image.fromarray(rgb)
-        img.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-        buf = io.BytesIO()
-        img.save(buf, "PNG")
-        return Response(buf.getvalue(), media_type="image/png")
+        png = await decode(name, data, lambda b: png_thumbnail(load_image(b, "rgb")))
+        return Response(png, media_type="image/png")
+
+    @app.post("/v1/heatmap", responses={200: {"content": {"image/png": {}}},
+                                        409: {"model": Problem, "description": "no heat maps for an ONNX model"},
+                                        **PROBLEMS}, openapi_extra=UPLOAD_BODY)
+    async def heatmap(request: Request) -> Response:
+        """Grad-CAM++ of the predicted class over the uploaded image, as PNG (at most 512 px):
+        where the model looked. Needs a PyTorch checkpoint (gradients)."""
+        if explainer is None:
+            raise HTTPException(409, "heat maps need the model's PyTorch checkpoint; this service runs an ONNX file")
+        [(name, data)] = await read_uploads(request, 1)
+
+        def render(image: bytes) -> bytes:
+            with explain_lock:
+                [explanation] = explainer.explain([image], [name])
+            return png_thumbnail(explanation.overlay())
+
+        return Response(await decode(name, data, render), media_type="image/png")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from medcls.explain.gradcam import Explainer
 from medcls.predict import Predictor
 from medcls.serving.app import ServiceSettings, create_app
 
@@ -30,7 +31,9 @@ def load_app(model: str | Path | None = None, settings: ServiceSettings | None =
     # ONNX Runtime and compiled models: single-threaded runs, one per core at a time, beat one
     # run spread over all cores for the service's single images.
     predictor = Predictor.load(model, threads=1, compile=compile)
-    return create_app(predictor, model_id(model, predictor.info.arch), settings)
+    # Heat maps need gradients: a PyTorch copy of a checkpoint of its own (Grad-CAM hooks it).
+    explainer = None if predictor.backend.name == "onnxruntime" else Explainer(Predictor.from_checkpoint(model))
+    return create_app(predictor, model_id(model, predictor.info.arch), settings, explainer)
 
 
 def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,

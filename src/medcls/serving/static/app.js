@@ -1,5 +1,6 @@
 // The medcls page: upload one image, show it as the model reads it, its
-// prediction and a probability bar per class. No external resources.
+// prediction, a probability bar per class and (PyTorch models) its Grad-CAM++
+// heat map. No external resources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -54,11 +55,14 @@ async function classify(file) {
   ["result-class", "result-text", "details"].forEach((id) => ($(id).textContent = ""));
   $("bars").replaceChildren();
   const form = () => { const f = new FormData(); f.append("file", file, file.name); return f; };
-  let answer, preview;
+  $("heatmap-figure").hidden = true;
+  const heatmaps = model && model.heatmaps;
+  let answer, preview, heatmap;
   try {
-    [answer, preview] = await Promise.all([
+    [answer, preview, heatmap] = await Promise.all([
       fetch("/v1/predict", { method: "POST", body: form() }),
       fetch("/v1/preview", { method: "POST", body: form() }),
+      heatmaps ? fetch("/v1/heatmap", { method: "POST", body: form() }) : null,
     ]);
   } catch (err) {
     $("output").hidden = true;
@@ -71,6 +75,10 @@ async function classify(file) {
     return;
   }
   if (preview.ok) $("preview").src = URL.createObjectURL(await preview.blob());
+  if (heatmap && heatmap.ok) {
+    $("heatmap").src = URL.createObjectURL(await heatmap.blob());
+    $("heatmap-figure").hidden = false;
+  }
   showResult((await answer.json()).predictions[0]);
 }
 
