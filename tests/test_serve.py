@@ -198,6 +198,24 @@ def test_batcher_groups_concurrent_items_and_keeps_them_apart():
     assert sizes[:3] == [4, 4, 2]
 
 
+def test_batcher_hands_an_items_own_failure_to_that_item_only():
+    """``fn`` may answer an item with an exception (an unreadable upload): only its caller gets it."""
+    def halve(items):
+        return [ValueError(f"odd {x}") if x % 2 else x // 2 for x in items]
+
+    async def scenario():
+        batcher = MicroBatcher(halve, max_batch=8)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(i) for i in range(6)), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert results[0::2] == [0, 1, 2]
+    assert [str(e) for e in results[1::2]] == ["odd 1", "odd 3", "odd 5"]
+
+
 def test_batcher_with_two_workers_runs_two_batches_at_once():
     both_inside = threading.Barrier(2, timeout=10)  # breaks unless two calls are in fn together
 

@@ -8,6 +8,7 @@ normalisation and the outputs stay float32."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 
 import numpy as np
@@ -46,6 +47,8 @@ class CompiledBackend:
         backbone.register_forward_pre_hook(
             lambda module, args: (args[0].to(self.dtype, memory_format=torch.channels_last),))
         self.feature_width = sum(graph.net.blocks)
+        # The C++ toolchain's probe warns that a CPU-only machine has no CUDA: noise to a CPU user.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self._graph = torch.compile(graph, options={"freezing": True}, dynamic=False)
 
     @torch.inference_mode()
