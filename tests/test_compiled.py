@@ -1,9 +1,14 @@
 """The compiled (TorchInductor, bf16 where the CPU has it) inference path: same answers as
 PyTorch float32 within bf16's precision, OOD columns included, and clear refusals."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from fastapi.testclient import TestClient
 
 from medcls.cli import main
@@ -64,3 +69,14 @@ def test_service_with_compiled_model(trained_run, xray_root):
             assert row["in_distribution"] is not None
     finally:
         torch.set_num_threads(threads)  # the service runs single-threaded models; the suite goes on with all cores
+
+
+def test_without_a_cpp_compiler_the_error_is_one_clear_line(trained_run, xray_root, tmp_path):
+    """TorchInductor needs a C++ compiler; without one, ``--compile`` fails with one line that says so."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PYTHONPATH": str(ROOT / "src")}
+    res = subprocess.run([sys.executable, "-m", "medcls.cli", "predict", str(_files(xray_root, 1)[0]),
+                          "-m", str(trained_run), "--compile"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "needs a C++ compiler" in lines[0] and "run without --compile" in lines[0]
