@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
+from typing import Callable, TypeVar
 from importlib import resources
 
 import numpy as np
@@ -37,6 +38,7 @@ from medcls.predict import Predictor
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.limits import BodyLimit, UploadTooLarge
 
+T = TypeVar("T")
 STATIC = resources.files("medcls.serving") / "static"
 FIELD = "file"
 PREVIEW_SIZE = 512
@@ -127,8 +129,8 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
     return uploads
 
 
-async def decode(name: str, data: bytes, fn) -> np.ndarray:
-    """``fn(data)`` in a worker thread; an unreadable image becomes a 422 naming the file."""
+async def decode(name: str, data: bytes, fn: Callable[[bytes], T]) -> T:
+    """``fn(data)`` (which reads the image) in a worker thread; an unreadable image becomes a 422 naming the file."""
     try:
         return await run_in_threadpool(fn, data)
     except ImageLoadError as exc:
@@ -153,6 +155,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     if settings.max_batch is None:
         settings = replace(settings, max_batch=AUTO_BATCH.get(predictor.backend.name, 1))
     info = predictor.info
+
     def run_uploads(items: list[tuple[str, bytes]]) -> list:
         """Decode and predict uploads in the batch worker (one thread hop per image); an
         unreadable image becomes its own 422, the others are still predicted."""
