@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from medcls.assets import shipped_model
+from medcls.evaluation.ood_probes import synthetic_images
 from medcls.predict import Predictor
 from medcls.serving.app import Predictions, image_result
 from medcls.serving.batching import MicroBatcher
@@ -91,6 +92,7 @@ def test_health_model_card_and_schema(client, trained_run):
     expected = Predictor.load(trained_run).info
     assert card["backend"] == "onnxruntime" and card["classes"] == CLASSES
     assert card["threshold"] == expected.threshold and card["image_size"] == 64
+    assert card["ood"]["threshold"] == pytest.approx(expected.extras["ood"]["threshold"])
     assert card["limits"] == {"max_upload_bytes": 20_000_000, "max_files": 16, "max_batch": 1}
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -333,7 +335,7 @@ def test_serve_defaults_to_the_shipped_model():
     assert got["ood_score"] == want["ood_score"] is not None
 
 
-def test_web_page_in_chromium(server, tmp_path):
+def test_web_page_in_chromium(server, client, tmp_path):
     from playwright.sync_api import sync_playwright
 
     dicom = tmp_path / "xray.dcm"
@@ -362,6 +364,22 @@ def test_web_page_in_chromium(server, tmp_path):
                 widths = page.eval_on_selector_all(".bar .fill", "els => els.map(e => parseFloat(e.style.width))")
                 assert sum(widths) == pytest.approx(100, abs=0.2)
             assert page.locator("#heatmap-figure").is_hidden()  # an ONNX model has no heat maps
+            # The OOD flag: a noise image gets the warning and its answer is marked untrusted; the
+            # X-ray's warning shows exactly when the API flags it.
+            noise = tmp_path / "noise.png"
+            synthetic_images("noise", 1, seed=3)[0].save(noise)
+            for path in (image, noise):
+                flag = post(client, (path.name, path.read_bytes(), "image/png"))
+                in_distribution = flag.json()["predictions"][0]["in_distribution"]
+                page.set_input_files("#file", str(path))
+                page.wait_for_function(f"document.getElementById('filename').textContent === '{path.name}' && "
+                                       "document.getElementById('result-class').textContent !== ''")
+                assert page.locator("#ood-warning").is_visible() == (not in_distribution)
+                assert ("(untrusted)" in page.inner_text("#result-class")) == (not in_distribution)
+            assert in_distribution is False  # the noise image
+            warning = page.inner_text("#ood-warning")
+            assert "does not look like the images this model was trained on" in warning and "untrusted" in warning
+            assert "OOD score" in page.inner_text("#details")
             page.set_input_files("#file", str(empty))
             page.wait_for_selector("#error:not([hidden])")
             assert "empty.png: file is empty (0 bytes)" in page.inner_text("#error")

@@ -204,6 +204,9 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         """Facts about the served model: classes, input, decision rule, calibration, limits."""
         return {"model_id": model_id, "backend": predictor.backend.name, "medcls_version": __version__,
                 **checkpoint_summary(info), "ordinal": info.ordinal, "heatmaps": explainer is not None,
+                "ood": None if predictor.ood is None else {"method": predictor.ood.method,
+                                                           "threshold": predictor.ood.threshold,
+                                                           "flag_rate": predictor.ood.flag_rate},
                 "limits": asdict(settings)}
 
     @app.post("/v1/predict", response_model=Predictions, responses=PROBLEMS, openapi_extra=UPLOAD_BODY)

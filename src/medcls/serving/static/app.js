@@ -1,6 +1,7 @@
 // The medcls page: upload one image, show it as the model reads it, its
-// prediction, a probability bar per class and (PyTorch models) its Grad-CAM++
-// heat map. No external resources.
+// prediction, a probability bar per class, a warning when the image does not
+// look like the training data, and (PyTorch models) its Grad-CAM++ heat map.
+// No external resources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -32,14 +33,26 @@ function bar(cls, p, chosen) {
 }
 
 function showResult(r) {
-  $("result-class").textContent = r.class;
+  // The OOD flag: still show the answer, but marked untrusted, under a clear warning.
+  const foreign = r.in_distribution === false;
+  $("ood-warning").hidden = !foreign;
+  $("ood-warning").textContent = foreign
+    ? "Warning: this image does not look like the images this model was trained on (OOD score " +
+      r.ood_score.toFixed(2) + (model && model.ood ? ` above the threshold ${model.ood.threshold.toFixed(2)}` : "") +
+      "). The prediction below is untrusted."
+    : "";
+  $("result").classList.toggle("untrusted", foreign);
+  $("result-class").textContent = r.class + (foreign ? " (untrusted)" : "");
   const probs = Object.entries(r.probabilities);
   const shown = model && model.positive_class ? model.positive_class : r.class;
   let text = `${r.class}: p(${shown}) = ${r.probabilities[shown].toFixed(3)}`;
   if (r.threshold !== null) text += `, threshold ${r.threshold.toFixed(3)}`;
+  if (foreign) text += " (untrusted)";
   $("result-text").textContent = text;
   $("bars").replaceChildren(...probs.map(([c, p]) => bar(c, p, c === r.class)));
-  $("details").textContent = `model ${r.model_id} · ${r.latency_ms.toFixed(1)} ms on the server`;
+  let details = `model ${r.model_id} · ${r.latency_ms.toFixed(1)} ms on the server`;
+  if (r.ood_score !== null && r.ood_score !== undefined) details += ` · OOD score ${r.ood_score.toFixed(2)}`;
+  $("details").textContent = details;
   $("status").textContent = "";
 }
 
@@ -53,6 +66,7 @@ async function classify(file) {
   $("filename").textContent = file.name;
   $("status").textContent = "classifying…";
   ["result-class", "result-text", "details"].forEach((id) => ($(id).textContent = ""));
+  $("ood-warning").hidden = true;
   $("bars").replaceChildren();
   const form = () => { const f = new FormData(); f.append("file", file, file.name); return f; };
   $("heatmap-figure").hidden = true;
