@@ -11,7 +11,7 @@ from medcls import __version__
 
 EXIT_USER_ERROR = 2
 COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights where the CPU has bf16 "
-                "(about 1.3-1.7x the speed of ONNX Runtime on a bf16 CPU; compiling takes seconds)")
+                "(measured 1.2-3x ONNX Runtime's images/s on a bf16 CPU; compiling takes seconds)")
 
 
 def _config(args):
