@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from medcls.io import atomic_torch_save
+from medcls.messages import first_line
 from medcls.models import ImageClassifier, build_model
 
 FORMAT = "medcls-checkpoint"
@@ -119,7 +120,7 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  torch.load raises many types for foreign or damaged bytes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a medcls checkpoint "

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 import numpy as np
 import torch
 
 from medcls.checkpoint import ModelInfo
 from medcls.export import InferenceGraph
+from medcls.messages import first_line
+from medcls.onnx_model import parallel_runs
 
 
 class CompileError(RuntimeError):
@@ -38,7 +39,7 @@ class CompiledBackend:
         if threads:
             torch.set_num_threads(threads)  # process-wide: the compiled kernels take it at compile time
         self.batch_size = batch_size
-        self.parallel_runs = max(1, (os.cpu_count() or 1) // threads) if threads else 1
+        self.parallel_runs = parallel_runs(threads)
         self.dtype = torch.bfloat16 if bf16_supported() else torch.float32
         graph = InferenceGraph(copy.deepcopy(net), info.image_size, info.in_channels, info.tta).eval()
         backbone = graph.net.net.backbone
@@ -63,7 +64,7 @@ class CompiledBackend:
             try:
                 z, f = self._graph(batch)
             except torch._dynamo.exc.BackendCompilerFailed as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise CompileError(f"compiling the model failed (TorchInductor needs a C++ compiler such as "
                                    f"gcc; run without --compile): {first}") from None
             logits.append(z[:n].float())

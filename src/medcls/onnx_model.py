@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.checkpoint import CheckpointError, ModelInfo
+from medcls.messages import first_line
 
 METADATA_KEY = "medcls"
 INPUT_NAME = "image"
@@ -28,6 +29,12 @@ def info_metadata(info: ModelInfo) -> dict[str, str]:
                                      default=lambda o: o.tolist())}
 
 
+def parallel_runs(threads: int | None) -> int:
+    """Runs of a backend with ``threads`` threads each that fit side by side on this machine:
+    one per core for single-threaded runs, else one (None: a run spreads over all cores itself)."""
+    return max(1, (os.cpu_count() or 1) // threads) if threads else 1
+
+
 class OnnxBackend:
     """Runs an ONNX Runtime session on uint8 images, in batches."""
 
@@ -35,9 +42,7 @@ class OnnxBackend:
 
     def __init__(self, session, batch_size: int = 32, threads: int | None = None):
         self.session, self.batch_size = session, batch_size
-        # Runs that fit side by side on this machine: one per core for single-threaded
-        # sessions, else one (a session spreads over all cores itself).
-        self.parallel_runs = max(1, (os.cpu_count() or 1) // threads) if threads else 1
+        self.parallel_runs = parallel_runs(threads)
         width = session.get_outputs()[1].shape[1]
         self.feature_width = width if isinstance(width, int) else None  # None: not fixed in the graph
 
@@ -71,7 +76,7 @@ def load_onnx(path: str | Path, batch_size: int = 32, threads: int | None = None
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  ONNX Runtime raises its own untyped errors for foreign bytes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path} is not a readable ONNX model ({first})") from None
     meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if meta is None:

@@ -17,6 +17,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from medcls.config import Config, ConfigError
 from medcls.data.datasets import DATASETS
+from medcls.messages import first_line
 from medcls.models import ARCHS, build_model
 from medcls.registry import Registry
 
@@ -42,10 +43,6 @@ def _check_name(key: str, name: str, registry: Registry) -> None:
                           f"(available: {', '.join(registry.names())})")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 def _check_arch_args(cfg: Config) -> None:
     arch, kwargs = cfg.model.arch, cfg.model.kwargs
@@ -64,7 +61,7 @@ def _check_arch_args(cfg: Config) -> None:
             build_model(arch, channels, 2, cfg.data.image_size, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config keys 'model.kwargs'/'data.image_size': architecture '{arch}' cannot be built "
-                          f"with image_size={cfg.data.image_size}, kwargs={kwargs}: {_first_line(exc)}") from None
+                          f"with image_size={cfg.data.image_size}, kwargs={kwargs}: {first_line(exc)}") from None
     except Exception:  # noqa: BLE001
         pass  # it needs real tensors to build (e.g. computes its layout with them); names were checked above
 
@@ -92,6 +89,6 @@ def _check_hardware(cfg: Config) -> None:
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"config keys 'train.accelerator'/'train.devices'/'train.strategy'/'train.num_nodes'/"
                           f"'train.precision' ({t.accelerator}, {t.devices!r}, {t.strategy}, {t.num_nodes}, "
-                          f"{t.precision}): {_first_line(exc)}") from None
+                          f"{t.precision}): {first_line(exc)}") from None
     finally:
         rank_zero.setLevel(level)

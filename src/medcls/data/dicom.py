@@ -15,14 +15,11 @@ from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from medcls.data.images import MAX_PIXELS, ImageLoadError, set_dicom_reader
+from medcls.messages import first_line
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -68,7 +65,7 @@ def read_dicom(data: bytes, name: str) -> Image.Image:
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001  pydicom raises many types for damaged headers
-        raise ImageLoadError(name, f"corrupt DICOM file ({_first_line(exc)})") from None
+        raise ImageLoadError(name, f"corrupt DICOM file ({first_line(exc)})") from None
     if "PixelData" not in ds:
         what = f"a non-image {ds.Modality} object" if ds.get("Modality") else "truncated, or not an image"
         raise ImageLoadError(name, f"DICOM file has no pixel data ({what})")
@@ -85,7 +82,7 @@ def read_dicom(data: bytes, name: str) -> Image.Image:
         pixels = ds.pixel_array
         unit = _grayscale(ds, pixels) if photometric in MONOCHROME else _colour(ds, pixels)
     except Exception as exc:  # noqa: BLE001  decoders and LUTs fail with many types on bad data
-        raise ImageLoadError(name, f"DICOM pixel data cannot be decoded ({_first_line(exc)})") from None
+        raise ImageLoadError(name, f"DICOM pixel data cannot be decoded ({first_line(exc)})") from None
     expected = 2 if photometric in MONOCHROME else 3
     if unit.ndim != expected:
         raise ImageLoadError(name, f"DICOM pixel data has shape {unit.shape}, not one {photometric} frame")
