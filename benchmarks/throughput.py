@@ -17,7 +17,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -25,9 +24,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import export_seed_cnn, median_ms
+from common import best_seconds, export_seed_cnn, measured_peaks, median_ms
 from quantize import quantize_int8
 
+from medcls.allocator import reuse_freed_memory
 from medcls.config import load_config
 from medcls.data.prepared import make_loader, prepare_data, to_model_input
 from medcls.models import build_model
@@ -39,18 +39,23 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 VARIANTS = {  # name -> config overrides (each a medcls config switch)
-    "fp32 NCHW (naive)": ["train.channels_last=false", "train.precision=32"],
+    "fp32 NCHW (naive)": ["train.channels_last=false", "train.precision=32", "train.reuse_memory=false"],
     "fp32 channels-last": ["train.channels_last=true", "train.precision=32"],
+    "bf16 channels-last, glibc's default malloc": ["train.channels_last=true", "train.precision=bf16-mixed",
+                                                   "train.reuse_memory=false"],
     "bf16 channels-last": ["train.channels_last=true", "train.precision=bf16-mixed"],
 }
+# glibc settings that keep freed memory (medcls.allocator) as environment variables, for the Keras process
+SAME_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 31 - 1)}
 
 
 def cpu_peak_gflops() -> dict:
-    """Peak from the clock and the vector units: cores x GHz x FLOP/cycle.
+    """Peaks of this CPU: nominal (cores x GHz x FLOP/cycle) and measured (``measured_peaks``).
 
     AMD Zen 4 (AVX-512 with bf16, as here) issues two 256-bit FMA per cycle:
     32 fp32 FLOP/cycle/core; VDPBF16PS doubles that for bf16. The clock is the
-    nominal MHz /proc/cpuinfo reports (boost clocks would raise the peak)."""
+    nominal MHz /proc/cpuinfo reports; the measured matrix products run faster than that
+    "peak" because the cores boost above it, so the "% of peak" column uses the measured one."""
     mhz = 0.0
     model = platform.processor()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -59,8 +64,11 @@ def cpu_peak_gflops() -> dict:
         if line.lower().startswith("model name"):
             model = line.split(":")[1].strip()
     cores = os.cpu_count() or 1
+    measured = measured_peaks()
     return {"cpu": model, "cores": cores, "ghz": round(mhz / 1000, 3),
-            "fp32": round(cores * mhz / 1000 * 32, 1), "bf16": round(cores * mhz / 1000 * 64, 1)}
+            "nominal_fp32": round(cores * mhz / 1000 * 32, 1), "nominal_bf16": round(cores * mhz / 1000 * 64, 1),
+            "fp32": measured["gemm_fp32_gflops"], "bf16": measured["gemm_bf16_gflops"],
+            "copy_gb_s": measured["copy_gb_s"]}
 
 
 def train_flops_per_image(size: int) -> float:
@@ -73,13 +81,8 @@ def train_flops_per_image(size: int) -> float:
 
 def best_rate(fn, n: int, passes: int = 3) -> float:
     """Images/s of the best of ``passes`` calls of ``fn`` over ``n`` images (as the Keras script
-    measures): the machine's noise only ever slows a pass down."""
-    best = float("inf")
-    for _ in range(passes):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+    measures)."""
+    return n / best_seconds(fn, repeats=passes, warmup=0)
 
 
 def inference_only(net: torch.nn.Module, size: int, images: np.ndarray, val_images: np.ndarray,
@@ -106,6 +109,7 @@ def inference_only(net: torch.nn.Module, size: int, images: np.ndarray, val_imag
 
 def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int) -> dict:
     cfg = load_config(HERE.parent / "configs" / "pneumonia-seed-cnn.yaml", data_overrides + overrides)
+    reuse_freed_memory(cfg.train.reuse_memory)  # as train() does; the trainer below is built here
     pl.seed_everything(0, verbose=False)
     data = prepare_data(cfg.data, quiet=True)
     net = build_model("seed-cnn", 1, 2, cfg.data.image_size)
@@ -139,11 +143,13 @@ def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int)
     return result
 
 
-def keras_run(python: str, files: list[Path], labels: list[int], size: int, epochs: int) -> dict | None:
+def keras_run(python: str, files: list[Path], labels: list[int], size: int, epochs: int,
+              env: dict[str, str] | None = None) -> dict | None:
     with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as fh:
         fh.writelines(f"{p}\t{y}\n" for p, y in zip(files, labels))
     res = subprocess.run([python, str(HERE / "keras_reference" / "seed_cnn_keras.py"), fh.name,
-                          "--size", str(size), "--epochs", str(epochs)], capture_output=True, text=True)
+                          "--size", str(size), "--epochs", str(epochs)], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     os.unlink(fh.name)
     if res.returncode != 0:
         print(f"keras run failed:\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -177,6 +183,10 @@ def main() -> None:
     print("keras ...", file=sys.stderr)
     results["keras"] = keras_run(args.keras_python, data.paths("train"), data.labels["train"].tolist(),
                                  args.size, args.epochs)
+    # the same allocator settings for Keras: how much of the lead they would give TensorFlow too
+    print("keras, medcls' malloc settings ...", file=sys.stderr)
+    results["keras_same_malloc"] = keras_run(args.keras_python, data.paths("train"), data.labels["train"].tolist(),
+                                             args.size, args.epochs, SAME_MALLOC)
     write(results)
 
 
@@ -185,8 +195,10 @@ def write(results: dict) -> None:
     gflop = results["train_gflop_per_image"]
     keras = results["keras"]
     lines = [f"# Seed CNN throughput, {results['size']} px, batch {results['batch']}",
-             "", f"CPU: {peak['cpu']}, {peak['cores']} cores at {peak['ghz']} GHz; peak {peak['fp32']} GFLOP/s fp32, "
-             f"{peak['bf16']} GFLOP/s bf16 (cores x GHz x 32 or 64 FLOP/cycle). Training costs {gflop} GFLOP/image "
+             "", f"CPU: {peak['cpu']}, {peak['cores']} cores at {peak['ghz']} GHz (nominal). Peak: measured "
+             f"{peak['fp32']} GFLOP/s fp32 and {peak['bf16']} GFLOP/s bf16 (4096 x 4096 matrix products; the nominal "
+             f"cores x GHz x 32 or 64 FLOP/cycle, {peak['nominal_fp32']} and {peak['nominal_bf16']}, is lower: the cores "
+             f"boost above the nominal clock); memory copy {peak['copy_gb_s']} GB/s. Training costs {gflop} GFLOP/image "
              "(forward + backward, counted by torch's FlopCounterMode).", "",
              "| run | train img/s | x Keras | GFLOP/s (% of peak) | data wait | infer img/s (b32) | x Keras "
              "| 1-image ms |", "|---|---|---|---|---|---|---|---|"]
@@ -197,6 +209,8 @@ def write(results: dict) -> None:
             rows[f"{name}, {how}"] = row
     if keras:
         rows["Keras 3 / TF (reference)"] = keras
+    if results.get("keras_same_malloc"):
+        rows["Keras 3 / TF, medcls' malloc settings"] = results["keras_same_malloc"]
     for name, r in rows.items():
         kt = steady(keras["train_images_per_s"]) if keras else None
         peak_key = "bf16" if "bf16" in name else "fp32"

@@ -88,6 +88,7 @@ class TrainConfig:
     early_stopping_patience: int = 5  # 0 = off
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     channels_last: bool = True  # NHWC: oneDNN's fast path for convolutions on CPU
+    reuse_memory: bool = True  # keep freed memory for the next step (glibc): no page faults per step
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from medcls.allocator import reuse_freed_memory
 from medcls.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
 from medcls.evaluation.ood import OODDetector, OODFeatures, logits_and_features, ood_columns
@@ -62,6 +63,8 @@ class Predictor:
     def __init__(self, model: torch.nn.Module | OnnxBackend, info: ModelInfo, batch_size: int = 32):
         self.backend = (TorchBackend(model, batch_size, info.tta) if isinstance(model, torch.nn.Module) else model)
         self.net = getattr(self.backend, "net", None)  # the PyTorch network; None for ONNX
+        if not isinstance(self.backend, OnnxBackend):
+            reuse_freed_memory()  # PyTorch allocates each batch's activations anew (ONNX Runtime has an arena)
         self.info, self.batch_size = info, batch_size
         self.ood = OODDetector.from_info(info)
         if self.ood is not None and self.net is None and getattr(self.backend, "feature_width", None) != sum(

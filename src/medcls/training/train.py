@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, Lear
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 
+from medcls.allocator import reuse_freed_memory
 from medcls.checkpoint import ModelInfo, save_checkpoint
 from medcls.config import Config, save_config
 from medcls.data.fingerprint import data_fingerprint, file_sha256
@@ -142,6 +143,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
+    reuse_freed_memory(tcfg.reuse_memory)
     data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
     if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
         run_dir = os.environ["MEDCLS_RUN_DIR"]
