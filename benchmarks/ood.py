@@ -32,9 +32,10 @@ from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
 from medcls.config import load_config
 from medcls.evaluation.ood import (METHODS, OODDetector, OODFeatures, fit_detector, logits_and_features,
                                      reference_features)
-from medcls.evaluation.ood_eval import separation
+from medcls.evaluation.ood_eval import evaluate_ood, separation
 from medcls.evaluation.ood_probes import SYNTHETIC, TRANSFORMS, synthetic_images, transformed_images
-from medcls.predict import Predictor, expand_paths
+from medcls.models.inference import logits_to_probs
+from medcls.predict import Predictor, decide, expand_paths
 
 HERE = Path(__file__).resolve().parent
 OTHER = {"pneumonia": "retinopathy", "retinopathy": "chest_xray"}
@@ -140,10 +141,15 @@ def main(argv: list[str] | None = None) -> dict:
                  variant: fit_detector(stored.method, model.blocks, variant_features, variant_labels, val_features,
                                        val_logits, stored.flag_rate, augment is not None),
                  **detectors}
-    scored = {}
+    scored, by_class = {}, {}
     for name, (group, images) in sets.items():
         logits, features = outputs(images)
         scored[name] = (group, {m: d.score(features, logits) for m, d in detectors.items()})
+        if group == "in-distribution":  # which classes the stored flag falls on, and is it on the wrong answers?
+            labels = data.labels["val" if name == "validation" else name]
+            model_logits = logits_and_features(model, images, 64, tta=info.tta)[0]  # as the model predicts
+            correct = decide(logits_to_probs(model_logits, info.temperature), info) == labels
+            by_class[name] = evaluate_ood(predictor, scored[name][1][stored_name], (), labels, correct)["test"]
     test_scores = scored["test"][1]
     results = {}
     for name, (group, scores) in scored.items():
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n_train": int(len(data.labels["train"])), "monitor": log["monitor"], "best_val": log["best_epoch_score"],
         "dataset": data.index.name, "detector": {"method": stored_name, "threshold": stored.threshold,
                                                  "target_flag_rate": stored.flag_rate},
-        "methods": list(detectors), "sets": results, "flag_cost": cost,
+        "methods": list(detectors), "sets": results, "stored_in_distribution": by_class, "flag_cost": cost,
         "train_feature_seconds": round(train_seconds, 2), "targets": TARGETS,
         "verdict": {"test_flagged": results["test"][stored_name]["flagged"], "far_flagged_min": min(far),
                     "extra_time_forward": cost["forward"]["extra"], "extra_time_files": cost["files"]["extra"]},
@@ -196,6 +202,13 @@ def markdown(r: dict) -> str:
     lines += ["", "Far: the other data set and synthetic images (noise, flat, gradients, rendered text); near: the "
               "test split's images rotated by 90 or 180 degrees, inverted, or cropped to their top-left ninth. "
               "AUROC: the OOD score separating the set from the test split (1 = perfectly).", "",
+              "## In-distribution images flagged, by class (stored detector)", "",
+              "| images | class | n | flagged |", "|---|---|---:|---:|"]
+    for name, d in r["stored_in_distribution"].items():
+        lines += [f"| {name} | {k} | {c_['n']} | {c_['flagged']:.1%} |" for k, c_ in d["by_class"].items()]
+    lines += [""] + [f"- {name}: accuracy {d['accuracy']['in_distribution']:.1%} on unflagged images, "
+                     f"{d['accuracy']['flagged']:.1%} on flagged ones" for name, d in r["stored_in_distribution"].items()]
+    lines += ["",
               "## Cost of the flag", "",
               "| measured | CPU s without flag | CPU s with flag | extra |", "|---|---:|---:|---:|"]
     for key, what in (("forward", f"forward pass, {c['n_images']} preprocessed images"),

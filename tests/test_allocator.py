@@ -4,8 +4,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from conftest import ROOT, quick_overrides
 from medcls.allocator import reuse_freed_memory
+from medcls.checkpoint import load_checkpoint
+from medcls.config import load_config
+from medcls.training.train import train
 
 FAULTS = """
 import resource, sys, torch
@@ -14,7 +19,7 @@ assert reuse_freed_memory(sys.argv[1] == "on")
 for _ in range(2):  # warm-up: the heap grows to hold the tensor and what else the first steps allocate
     torch.ones(16 * 2 ** 20)  # 64 MB, over glibc's largest mmap threshold
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(20):
     torch.ones(16 * 2 ** 20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -24,5 +29,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_reuse_freed_memory_stops_page_faults_on_each_large_allocation():
     faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("on", "off")}
-    assert faults["off"] >= 5  # glibc's default: every 64 MB tensor is a fresh mapping, faulted in again
-    assert faults["on"] * 10 <= faults["off"], faults
+    assert faults["off"] >= 20  # glibc's default: every 64 MB tensor is a fresh mapping, faulted in again
+    # kept memory: the heap may still grow once or twice as it settles, not once per tensor
+    assert faults["on"] * 4 <= faults["off"], faults
+
+
+def test_reuse_memory_leaves_training_unchanged(tmp_path, xray_root):
+    """The switch changes where tensors live, not a single number a run computes: the same
+    seed trains the same weights with and without it (at 128 px, where the first layer's
+    activations are over glibc's mmap threshold)."""
+    weights = []
+    for reuse in ("true", "false"):
+        cfg = load_config(ROOT / "configs" / "pneumonia-quick.yaml",
+                          quick_overrides(tmp_path / reuse, xray_root, limit=40, size=128, epochs=2)
+                          + ["train.precision=bf16-mixed", f"train.reuse_memory={reuse}"])
+        weights.append(load_checkpoint(train(cfg, quiet=True))[0].state_dict())
+    reuse_freed_memory(True)  # medcls' default, for the tests after this one
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

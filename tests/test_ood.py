@@ -166,6 +166,14 @@ def test_evaluate_reports_foreign_folders(trained_run, fundus_folder, synthetic_
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert list(rows[0]) == [*COLUMNS, "label"]
     assert np.mean([r["in_distribution"] == "False" for r in rows]) == pytest.approx(ood["test"]["flagged"])
+    # per class and the accuracy either side of the flag, recounted from the predictions file
+    for name, c in ood["test"]["by_class"].items():
+        mine = [r for r in rows if r["label"] == name]
+        assert c["n"] == len(mine) and c["flagged"] == pytest.approx(np.mean([r["in_distribution"] == "False"
+                                                                              for r in mine]))
+    for key, flag in (("in_distribution", "True"), ("flagged", "False")):
+        mine = [r["prediction"] == r["label"] for r in rows if r["in_distribution"] == flag]
+        assert ood["test"]["accuracy"][key] == (pytest.approx(np.mean(mine)) if mine else None)
 
 
 def test_cli_evaluate_ood_errors_are_one_line(trained_run, tmp_path, capsys):

@@ -116,7 +116,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
         "unreadable": data.cache.errors, "checkpoint": str(ckpt),
     }
     if ood_scores is not None:
-        result["ood"] = evaluate_ood(predictor, ood_scores, ood)
+        result["ood"] = evaluate_ood(predictor, ood_scores, ood, y, pred == y)
     rows = [{**row, "label": info.classes[t]} for row, t in
             zip(prediction_rows([str(p) for p in data.paths("test")], probs, info, ood_scores), y)]
     write_predictions(rows, out / "predictions.csv")

@@ -28,12 +28,23 @@ def separation(test_scores: np.ndarray, foreign_scores: np.ndarray, threshold: f
             "auroc": float(roc_auc_score(y, np.r_[test_scores, foreign_scores]))}
 
 
-def evaluate_ood(predictor: Predictor, test_scores: np.ndarray, folders: Sequence[str | Path] = ()) -> dict:
-    """The OOD section of an evaluation: test images flagged, and each foreign folder's separation."""
+def evaluate_ood(predictor: Predictor, test_scores: np.ndarray, folders: Sequence[str | Path] = (),
+                 labels: np.ndarray | None = None, correct: np.ndarray | None = None) -> dict:
+    """The OOD section of an evaluation: test images flagged (per class too, given their
+    ``labels``; with ``correct``, whether each prediction was right, the accuracy of flagged and
+    unflagged images: does the flag mark the answers to distrust?), and each foreign folder's
+    separation."""
     detector = predictor.ood
+    flagged = test_scores > detector.threshold
+    test: dict = {"n": int(len(test_scores)), "flagged": float(np.mean(flagged))}
+    if labels is not None:
+        test["by_class"] = {name: {"n": int(np.sum(labels == k)), "flagged": float(np.mean(flagged[labels == k]))}
+                            for k, name in enumerate(predictor.classes) if np.any(labels == k)}
+    if correct is not None:
+        test["accuracy"] = {"in_distribution": float(np.mean(correct[~flagged])) if np.any(~flagged) else None,
+                            "flagged": float(np.mean(correct[flagged])) if np.any(flagged) else None}
     out = {"method": detector.method, "threshold": detector.threshold, "target_flag_rate": detector.flag_rate,
-           "test": {"n": int(len(test_scores)), "flagged": float(np.mean(test_scores > detector.threshold))},
-           "foreign": {}}
+           "test": test, "foreign": {}}
     for folder in folders:
         files = expand_paths([folder])
         rows, errors = predictor.predict(files)
@@ -52,6 +63,12 @@ def print_ood(ood: dict) -> None:
     table.add_column("flagged", justify="right")
     table.add_column("AUROC vs test", justify="right")
     table.add_row("test split", str(ood["test"]["n"]), f"{ood['test']['flagged']:.1%}", "")
+    for name, c in ood["test"].get("by_class", {}).items():
+        table.add_row(f"  test, {name}", str(c["n"]), f"{c['flagged']:.1%}", "")
     for name, s in ood["foreign"].items():
         table.add_row(name, str(s["n"]), f"{s['flagged']:.1%}", f"{s['auroc']:.4f}")
+    accuracy = ood["test"].get("accuracy")
+    if accuracy and None not in accuracy.values():
+        table.caption = (f"test accuracy: {accuracy['in_distribution']:.1%} of unflagged images, "
+                         f"{accuracy['flagged']:.1%} of flagged ones")
     console.print(table)
