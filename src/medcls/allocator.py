@@ -3,10 +3,11 @@
 glibc's malloc serves every block over 32 MB with a fresh ``mmap`` and unmaps it on free,
 so each training step's large activations (a batch of 32 seed-CNN images at 224 px has
 100 MB tensors) are page-faulted in anew, page by page, every step: that, not arithmetic,
-was half the step time of the seed CNN on a 2-core CPU (``benchmarks/roofline.py``
+was about 40% of the seed CNN's training step on a 2-core CPU (``benchmarks/roofline.py``
 measures the step with and without). Turning ``mmap`` off and trimming off keeps the
 memory of the previous step for the next one, at the cost of the process holding on to
-its peak memory until it exits.
+its peak memory until it exits. Training (``train.reuse_memory``) and the
+:class:`~medcls.predict.Predictor`'s PyTorch backends turn it on.
 """
 
 from __future__ import annotations
