@@ -99,3 +99,10 @@ def measured_peaks(n: int = 4096) -> dict:
     dst = torch.empty_like(src)
     peaks["copy_gb_s"] = round(2 * src.nbytes / best_seconds(lambda: dst.copy_(src)) / 1e9, 1)
     return peaks
+
+
+def steady(rates: list[float]) -> float:
+    """Training images/s after the first epoch (which also decodes), or the only epoch."""
+    import statistics
+
+    return float(statistics.median(rates[1:] if len(rates) > 1 else rates))

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import RESULTS, best_seconds, machine, measured_peaks
+from common import RESULTS, best_seconds, machine, measured_peaks, steady
 
 from medcls.allocator import reuse_freed_memory
 from medcls.models import build_model
+
 
 def training_step(size: int, batch: int, compiled: bool = False):
     """A bf16 channels-last training step of a fresh grayscale seed CNN on random images."""
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "layers_2_on_gflops": round(deep_gflops, 1),
                      "layers_2_on_share_of_gemm_bf16": round(deep_gflops / peaks["gemm_bf16_gflops"], 3)}
     if keras and ours:
-        keras_rate = statistics.median(keras["train_images_per_s"][1:] or keras["train_images_per_s"])
-        our_rate = statistics.median(ours["train_images_per_s"][1:] or ours["train_images_per_s"])
+        keras_rate, our_rate = steady(keras["train_images_per_s"]), steady(ours["train_images_per_s"])
         budget = args.batch / (2 * keras_rate) * 1000
         overhead = args.batch / our_rate * 1000 - eager_s * 1000  # data loading and Lightning, end to end
         ceiling.update({"keras_train_images_per_s": round(keras_rate, 2), "step_ms_for_2x_keras": round(budget, 1),

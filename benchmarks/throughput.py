@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import best_seconds, export_seed_cnn, measured_peaks, median_ms
+from common import best_seconds, export_seed_cnn, measured_peaks, median_ms, steady
 from quantize import quantize_int8
 
-from medcls.allocator import reuse_freed_memory
+from medcls.allocator import keep_freed_memory_environment, reuse_freed_memory
 from medcls.config import load_config
 from medcls.data.prepared import make_loader, prepare_data, to_model_input
 from medcls.models import build_model
@@ -45,8 +45,6 @@ VARIANTS = {  # name -> config overrides (each a medcls config switch)
                                                    "train.reuse_memory=false"],
     "bf16 channels-last": ["train.channels_last=true", "train.precision=bf16-mixed"],
 }
-# glibc settings that keep freed memory (medcls.allocator) as environment variables, for the Keras process
-SAME_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 31 - 1)}
 
 
 def cpu_peak_gflops() -> dict:
@@ -134,10 +132,12 @@ def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int)
               "data_wait_fraction": [e["data_wait_fraction"] for e in timer.epochs],
               "infer_images_per_s": round(infer, 2), "single_latency_ms": single}
     # inference only, with the weights of this run: fp32 exported to ONNX Runtime (and int8), bf16 compiled
-    # (the Predictor keeps freed memory whatever the training did, so the variant without it has no compiled row)
-    ways = ({"compiled, bf16 (predict --compile)": "compiled"} if cfg.train.reuse_memory else {}
-            ) if cfg.train.precision == "bf16-mixed" else {"exported, ONNX Runtime": "onnx",
-                                                            "exported, int8 static, ONNX Runtime": "int8"}
+    if cfg.train.precision != "bf16-mixed":
+        ways = {"exported, ONNX Runtime": "onnx", "exported, int8 static, ONNX Runtime": "int8"}
+    elif cfg.train.reuse_memory:
+        ways = {"compiled, bf16 (predict --compile)": "compiled"}
+    else:  # the Predictor keeps freed memory whatever the training did: no compiled row without it
+        ways = {}
     val = np.asarray(data.images("val"))
     calibration = val[np.random.default_rng(0).permutation(len(val))[:256]]
     result["inference_only"] = {name: inference_only(net, cfg.data.image_size, data.images("train"), calibration, how)
@@ -157,11 +157,6 @@ def keras_run(python: str, files: list[Path], labels: list[int], size: int, epoc
         print(f"keras run failed:\n{res.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def steady(rates: list[float]) -> float:
-    """Images/s after the first epoch (which also decodes), or the only epoch."""
-    return float(np.median(rates[1:] if len(rates) > 1 else rates))
 
 
 def main() -> None:
@@ -188,7 +183,7 @@ def main() -> None:
     # the same allocator settings for Keras: how much of the lead they would give TensorFlow too
     print("keras, medcls' malloc settings ...", file=sys.stderr)
     results["keras_same_malloc"] = keras_run(args.keras_python, data.paths("train"), data.labels["train"].tolist(),
-                                             args.size, args.epochs, SAME_MALLOC)
+                                             args.size, args.epochs, keep_freed_memory_environment())
     write(results)
 
 

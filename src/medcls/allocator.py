@@ -15,9 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-# mallopt parameters (malloc.h)
+# mallopt parameters (malloc.h), and the environment variables glibc reads for them at start-up
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+_ENVIRONMENT = {M_MMAP_MAX: "MALLOC_MMAP_MAX_", M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_"}
+_KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2 ** 31 - 1}  # no mmap; never trim (mallopt takes a C int)
 _DEFAULT = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}  # glibc's defaults
 
 
@@ -35,5 +37,10 @@ def reuse_freed_memory(enable: bool = True) -> bool:
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    values = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2 ** 31 - 1} if enable else _DEFAULT
+    values = _KEEP if enable else _DEFAULT
     return all(mallopt(param, value) == 1 for param, value in values.items())
+
+
+def keep_freed_memory_environment() -> dict[str, str]:
+    """The same setting as environment variables, for a process started from this one (glibc)."""
+    return {_ENVIRONMENT[param]: str(value) for param, value in _KEEP.items()}

@@ -120,8 +120,8 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  torch.load raises many types for foreign or damaged bytes
-        first = first_line(exc)
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint "
+                              f"(truncated or not a torch file: {first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a medcls checkpoint "
                               f"(a Lightning training checkpoint? use the run's model.pt)")
@@ -135,8 +135,7 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
         net = build_net(info)
         net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match the recorded architecture ({first})") from None
+        raise CheckpointError(f"{path}: weights do not match the recorded architecture ({first_line(exc)})") from None
     return net.eval(), info
 
 

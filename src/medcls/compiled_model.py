@@ -64,9 +64,8 @@ class CompiledBackend:
             try:
                 z, f = self._graph(batch)
             except torch._dynamo.exc.BackendCompilerFailed as exc:
-                first = first_line(exc)
                 raise CompileError(f"compiling the model failed (TorchInductor needs a C++ compiler such as "
-                                   f"gcc; run without --compile): {first}") from None
+                                   f"gcc; run without --compile): {first_line(exc)}") from None
             logits.append(z[:n].float())
             features.append(f[:n].float())
         if not logits:

@@ -76,8 +76,7 @@ def load_onnx(path: str | Path, batch_size: int = 32, threads: int | None = None
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  ONNX Runtime raises its own untyped errors for foreign bytes
-        first = first_line(exc)
-        raise CheckpointError(f"{path} is not a readable ONNX model ({first})") from None
+        raise CheckpointError(f"{path} is not a readable ONNX model ({first_line(exc)})") from None
     meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if meta is None:
         raise CheckpointError(f"{path} is an ONNX model without medcls metadata (make it with `medcls export`)")

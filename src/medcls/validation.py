@@ -43,7 +43,6 @@ def _check_name(key: str, name: str, registry: Registry) -> None:
                           f"(available: {', '.join(registry.names())})")
 
 
-
 def _check_arch_args(cfg: Config) -> None:
     arch, kwargs = cfg.model.arch, cfg.model.kwargs
     params = list(inspect.signature(ARCHS.get(arch)).parameters.values())

@@ -21,7 +21,6 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 
 
-
 def _unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros(arr.shape)
 

@@ -17,8 +17,8 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, TypeVar
 from importlib import resources
+from typing import Callable, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -129,12 +129,17 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
     return uploads
 
 
+def unreadable(name: str, exc: ImageLoadError) -> HTTPException:
+    """The 422 for an upload that is not a readable image, naming the file."""
+    return HTTPException(422, f"{name}: {exc.reason}")
+
+
 async def decode(name: str, data: bytes, fn: Callable[[bytes], T]) -> T:
     """``fn(data)`` (which reads the image) in a worker thread; an unreadable image becomes a 422 naming the file."""
     try:
         return await run_in_threadpool(fn, data)
     except ImageLoadError as exc:
-        raise HTTPException(422, f"{name}: {exc.reason}") from None
+        raise unreadable(name, exc) from None
 
 
 def png_thumbnail(rgb: np.ndarray) -> bytes:
@@ -165,7 +170,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
             try:
                 images.append(predictor.preprocess(data))
             except ImageLoadError as exc:
-                results[i] = HTTPException(422, f"{name}: {exc.reason}")
+                results[i] = unreadable(name, exc)
                 continue
             names.append(name)
             where.append(i)

@@ -26,8 +26,8 @@ from medcls.config import load_config
 from medcls.data.datasets import DataError, load_index
 from medcls.data.fingerprint import data_fingerprint
 from medcls.data.split import read_manifest
-from medcls.messages import first_line
 from medcls.io import atomic_torch_save
+from medcls.messages import first_line
 
 LAST = Path("checkpoints") / "last.ckpt"
 
@@ -119,8 +119,8 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001  torch.load raises many types for damaged bytes
-        first = first_line(exc)
-        raise CheckpointError(f"{path} is not a readable training checkpoint (truncated or damaged: {first})") from None
+        raise CheckpointError(f"{path} is not a readable training checkpoint "
+                              f"(truncated or damaged: {first_line(exc)})") from None
 
 
 def carry_over_log(logger: CSVLogger, ckpt_path: str | Path) -> None:
