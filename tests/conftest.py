@@ -34,6 +34,25 @@ def quick_overrides(out_dir: Path, root: Path = XRAY, limit: int = 100, size: in
             f"output_dir={out_dir}", "eval.bootstrap=200", "augment.rotation=5"]
 
 
+def assert_switch_keeps_weights(out_dir: Path, root: Path, switch: str, size: int) -> None:
+    """Train the same seed twice in bf16, with the config switch ``switch`` on and off, and
+    assert bit-identical weights: for speed switches that must not change a number."""
+    import torch
+
+    from medcls.checkpoint import load_checkpoint
+    from medcls.config import load_config
+    from medcls.training.train import train
+
+    weights = []
+    for value in ("true", "false"):
+        cfg = load_config(ROOT / "configs" / "pneumonia-quick.yaml",
+                          quick_overrides(out_dir / value, root, limit=40, size=size, epochs=2)
+                          + ["train.precision=bf16-mixed", f"{switch}={value}"])
+        weights.append(load_checkpoint(train(cfg, quiet=True))[0].state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, xray_root) -> Path:
     """A short seed-CNN run on a real chest X-ray subset (64 px), trained once per session."""

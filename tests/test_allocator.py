@@ -4,13 +4,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from conftest import ROOT, quick_overrides
+from conftest import assert_switch_keeps_weights
 from medcls.allocator import reuse_freed_memory
-from medcls.checkpoint import load_checkpoint
-from medcls.config import load_config
-from medcls.training.train import train
 
 FAULTS = """
 import resource, sys, torch
@@ -38,12 +34,7 @@ def test_reuse_memory_leaves_training_unchanged(tmp_path, xray_root):
     """The switch changes where tensors live, not a single number a run computes: the same
     seed trains the same weights with and without it (at 128 px, where the first layer's
     activations are over glibc's mmap threshold)."""
-    weights = []
-    for reuse in ("true", "false"):
-        cfg = load_config(ROOT / "configs" / "pneumonia-quick.yaml",
-                          quick_overrides(tmp_path / reuse, xray_root, limit=40, size=128, epochs=2)
-                          + ["train.precision=bf16-mixed", f"train.reuse_memory={reuse}"])
-        weights.append(load_checkpoint(train(cfg, quiet=True))[0].state_dict())
-    reuse_freed_memory(True)  # medcls' default, for the tests after this one
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    try:
+        assert_switch_keeps_weights(tmp_path, xray_root, "train.reuse_memory", size=128)
+    finally:
+        reuse_freed_memory(True)  # medcls' default, for the tests after this one

@@ -17,6 +17,7 @@ from medcls.config import AugmentConfig, TrainConfig
 from medcls.data.augment import BatchAugment
 from medcls.data.prepared import to_model_input
 from medcls.models import ImageClassifier
+from medcls.models.relu_maxpool import fused_relu_maxpool
 
 
 class LitClassifier(pl.LightningModule):
@@ -68,10 +69,13 @@ class LitClassifier(pl.LightningModule):
         if self.mixup > 0:
             lam = float(np.random.beta(self.mixup, self.mixup))
             perm = torch.randperm(x.shape[0], device=x.device)
-            logits = self(lam * x + (1 - lam) * x[perm])
+            x = lam * x + (1 - lam) * x[perm]
+        # Only the training forward is fused: what evaluation and the callbacks see is the plain network.
+        with fused_relu_maxpool(self.net, self.cfg.fuse_relu_maxpool):
+            logits = self(x)
+        if self.mixup > 0:
             loss = lam * self.loss(logits, y) + (1 - lam) * self.loss(logits, y[perm])
         else:
-            logits = self(x)
             loss = self.loss(logits, y)
         self.train_acc(self._scores(logits), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
