@@ -40,12 +40,14 @@ RESULTS = HERE / "results"
 
 VARIANTS = {  # name -> config overrides (each a medcls config switch)
     "fp32 NCHW (naive)": ["train.channels_last=false", "train.precision=32", "train.reuse_memory=false",
-                          "train.fuse_relu_maxpool=false"],
+                          "train.fuse_relu_maxpool=false", "train.fuse_first_conv=false"],
     "fp32 channels-last": ["train.channels_last=true", "train.precision=32"],
     "bf16 channels-last, glibc's default malloc": ["train.channels_last=true", "train.precision=bf16-mixed",
                                                    "train.reuse_memory=false"],
-    "bf16 channels-last, ReLU and max-pool unfused": ["train.channels_last=true", "train.precision=bf16-mixed",
-                                                      "train.fuse_relu_maxpool=false"],
+    "bf16 channels-last, unfused": ["train.channels_last=true", "train.precision=bf16-mixed",
+                                    "train.fuse_relu_maxpool=false", "train.fuse_first_conv=false"],
+    "bf16 channels-last, ReLU + max-pool fused": ["train.channels_last=true", "train.precision=bf16-mixed",
+                                                  "train.fuse_first_conv=false"],
     "bf16 channels-last": ["train.channels_last=true", "train.precision=bf16-mixed"],
 }
 
@@ -137,7 +139,7 @@ def medcls_variant(overrides: list[str], data_overrides: list[str], epochs: int)
     # inference only, with the weights of this run: fp32 exported to ONNX Runtime (and int8), bf16 compiled
     if cfg.train.precision != "bf16-mixed":
         ways = {"exported, ONNX Runtime": "onnx", "exported, int8 static, ONNX Runtime": "int8"}
-    elif cfg.train.reuse_memory and cfg.train.fuse_relu_maxpool:
+    elif cfg.train.reuse_memory and cfg.train.fuse_relu_maxpool and cfg.train.fuse_first_conv:
         ways = {"compiled, bf16 (predict --compile)": "compiled"}
     else:  # inference does not depend on these training switches: one compiled row, in the default variant
         ways = {}

@@ -89,7 +89,10 @@ class TrainConfig:
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     channels_last: bool = True  # NHWC: oneDNN's fast path for convolutions on CPU
     reuse_memory: bool = True  # keep freed memory for the next step (glibc): no page faults per step
-    fuse_relu_maxpool: bool = True  # ReLU + 2x2 max-pool in one C++ pass on CPU (same numbers, fewer bytes moved)
+    # fused CPU training kernels (medcls.models.fused): ReLU + 2x2 max-pool (bit-identical), and the
+    # first 3x3 convolution with them (its output never stored; float32 weight gradient)
+    fuse_relu_maxpool: bool = True
+    fuse_first_conv: bool = True
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice

@@ -17,7 +17,7 @@ from medcls.config import AugmentConfig, TrainConfig
 from medcls.data.augment import BatchAugment
 from medcls.data.prepared import to_model_input
 from medcls.models import ImageClassifier
-from medcls.models.relu_maxpool import fused_relu_maxpool
+from medcls.models.fused import fused_layers
 
 
 class LitClassifier(pl.LightningModule):
@@ -71,7 +71,7 @@ class LitClassifier(pl.LightningModule):
             perm = torch.randperm(x.shape[0], device=x.device)
             x = lam * x + (1 - lam) * x[perm]
         # Only the training forward is fused: what evaluation and the callbacks see is the plain network.
-        with fused_relu_maxpool(self.net, self.cfg.fuse_relu_maxpool):
+        with fused_layers(self.net, self.cfg.fuse_relu_maxpool, self.cfg.fuse_first_conv):
             logits = self(x)
         if self.mixup > 0:
             loss = lam * self.loss(logits, y) + (1 - lam) * self.loss(logits, y[perm])

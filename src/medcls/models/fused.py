@@ -1,0 +1,180 @@
+"""Fused conv / ReLU / 2x2 max-pool stages for CPU training (C++ kernels built on first use).
+
+PyTorch runs ``Conv2d``, ``ReLU`` and ``MaxPool2d(2)`` as three ops, with an int64 index per
+pooled output and a zero-filled input gradient: in the seed CNN's bf16 training step on CPU
+ReLU and max-pool took about a quarter of the step, nearly all of it memory traffic, and the
+first convolution (one input channel, the network's largest output) is memory-bound too
+(``benchmarks/roofline.py``). ``csrc/fused.cpp`` has two kernels:
+
+- ReLU + max-pool (``train.fuse_relu_maxpool``): reads each activation once, keeps a one-byte
+  winner per output, writes each gradient once. Outputs and gradients are those of the two
+  ops exactly, so training gives bit-identical weights, only sooner.
+- the first 3x3 convolution with its ReLU and max-pool (``train.fuse_first_conv``): the
+  convolution's output is never stored, and the weight gradient is summed over the pooling
+  winners only. Its sums run in another order than oneDNN's and its weight gradient stays
+  float32, so the weights differ in the last bits: ``benchmarks/fused_accuracy.py`` checks
+  that test accuracy does not.
+
+:func:`fused_layers` swaps matching stages of a network in place for the length of a
+``with`` block (the training forward) and puts the original modules back after, so
+checkpoints, the out-of-distribution features and Grad-CAM (which hook the ReLU's output)
+never see them. The kernels are compiled once per machine with the C++ compiler torch's
+extensions use; without one, on GPU, or for other layouts the same modules run PyTorch's ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcls.messages import first_line
+
+SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+
+
+@functools.lru_cache(maxsize=None)
+def extension():
+    """The compiled kernels' module, or None (with one warning) where they cannot be built."""
+    # Imported here, after quieting it: the module warns on import that a CPU machine has no CUDA.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:  # the ninja wheel's binary, where the venv is not on PATH
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+    # -march=native: the AVX-512 loops are what make it fast. The CPU's flags and torch's version
+    # are in the name, so that a home folder shared by machines never loads another's build.
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "") \
+        if Path("/proc/cpuinfo").exists() else ""
+    name = "medcls_fused_" + hashlib.sha256((flags + torch.__version__).encode()).hexdigest()[:12]
+    try:
+        # -fopenmp: at::parallel_for is inline OpenMP; without it the kernel runs on one thread. The
+        # library it links (libgomp.so.1) is the one torch has loaded already.
+        return cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                                  extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as exc:  # no compiler, no ninja, a failed build: PyTorch's ops still work
+        print(f"medcls: fused training kernels unavailable, using PyTorch's ops ({first_line(exc)})",
+              file=sys.stderr)
+        return None
+
+
+class _ReLUMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y, winner = extension().forward(x)
+        ctx.save_for_backward(winner)
+        ctx.size = x.shape[2:]
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (winner,) = ctx.saved_tensors
+        return extension().backward(grad, winner, *ctx.size)
+
+
+def relu_maxpool2d(x: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(relu(x), 2)``: the fused kernel for channels-last float CPU tensors where it
+    is built, PyTorch's ops otherwise."""
+    if (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and x.is_contiguous(memory_format=torch.channels_last) and extension() is not None):
+        return _ReLUMaxPool.apply(x)
+    return F.max_pool2d(F.relu(x), 2)
+
+
+class ReLUMaxPool2d(nn.Module):
+    """``nn.ReLU`` then ``nn.MaxPool2d(2)`` as one module (see :func:`relu_maxpool2d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_maxpool2d(x)
+
+
+class _ConvReLUMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bf16: bool) -> torch.Tensor:
+        if bf16:  # what autocast hands a bfloat16 convolution
+            x, weight, bias = (t.to(torch.bfloat16).float() for t in (x, weight, bias))
+        x = x.contiguous(memory_format=torch.channels_last)
+        y, winner = extension().conv_forward(x, weight.detach(), bias.detach(), bf16)
+        ctx.save_for_backward(x, winner)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, winner = ctx.saved_tensors
+        grad_weight, grad_bias = extension().conv_backward(grad, winner, x)
+        return None, grad_weight, grad_bias, None
+
+
+class ConvReLUMaxPool2d(nn.Module):
+    """A 3x3 "valid" ``nn.Conv2d`` of 1 or 3 input channels (16, 32 or 64 outputs), ``nn.ReLU``
+    and ``nn.MaxPool2d(2)`` as one module. The kernel runs where the input needs no gradient
+    (a network's first layer) on CPU in float32, or in bfloat16 autocast; PyTorch's ops elsewhere.
+    It wraps the network's own convolution: the same parameters, trained in place."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled("cpu")
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad and x.dim() == 4
+                and (not autocast or torch.get_autocast_dtype("cpu") == torch.bfloat16)
+                and extension() is not None):
+            return _ConvReLUMaxPool.apply(x, self.conv.weight, self.conv.bias, autocast)
+        return relu_maxpool2d(self.conv(x))
+
+
+def _pool_2x2(module: nn.Module) -> bool:
+    return (isinstance(module, nn.MaxPool2d) and module.kernel_size in (2, (2, 2))
+            and module.stride in (2, (2, 2)) and module.padding in (0, (0, 0))
+            and module.dilation in (1, (1, 1)) and not module.ceil_mode and not module.return_indices)
+
+
+def _first_conv(module: nn.Module) -> bool:
+    """A convolution the fused first-layer kernel is built for."""
+    return (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.stride == (1, 1)
+            and module.padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1
+            and module.bias is not None and module.in_channels in (1, 3) and module.out_channels in (16, 32, 64))
+
+
+@contextlib.contextmanager
+def fused_layers(net: nn.Module, relu_maxpool: bool = True, first_conv: bool = True) -> Iterator[int]:
+    """Within the block, in each ``nn.Sequential`` of ``net``: ``nn.ReLU`` directly followed by
+    a 2x2 ``nn.MaxPool2d`` runs as one :class:`ReLUMaxPool2d` (``relu_maxpool``), and a first-layer
+    convolution before such a pair as one :class:`ConvReLUMaxPool2d` (``first_conv``). The
+    replaced places hold ``nn.Identity``, so indices stay; the modules are parameterless or
+    wrap the network's own convolution, so the parameters are the same objects. Yields how
+    many stages were fused; the original modules are put back on leaving, and with them the
+    state dict's names."""
+    swapped: list[tuple[nn.Sequential, int, list[nn.Module]]] = []
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if type(seq[i]) is not nn.ReLU or not _pool_2x2(seq[i + 1]):
+                continue
+            if first_conv and i > 0 and _first_conv(seq[i - 1]):
+                swapped.append((seq, i - 1, list(seq[i - 1:i + 2])))
+                seq[i - 1], seq[i], seq[i + 1] = ConvReLUMaxPool2d(seq[i - 1]), nn.Identity(), nn.Identity()
+            elif relu_maxpool:
+                swapped.append((seq, i, list(seq[i:i + 2])))
+                seq[i], seq[i + 1] = nn.Identity(), ReLUMaxPool2d()
+    try:
+        yield len(swapped)
+    finally:
+        for seq, start, modules in swapped:
+            for offset, module in enumerate(modules):
+                seq[start + offset] = module
