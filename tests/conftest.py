@@ -65,6 +65,19 @@ def trained_run(tmp_path_factory, xray_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def valid_padding_run(tmp_path_factory, xray_root) -> Path:
+    """A short seed-CNN run with the recipe's "valid" padding (96 px): a first stage that the
+    fused kernels (medcls.models.fused) run, in training and in compiled inference."""
+    from medcls.config import load_config
+    from medcls.training.train import train
+
+    out = tmp_path_factory.mktemp("valid-runs")
+    cfg = load_config(ROOT / "configs" / "pneumonia-quick.yaml",
+                      quick_overrides(out, limit=40, size=96, epochs=1) + ["model.kwargs.padding=valid"])
+    return train(cfg, quiet=True)
+
+
+@pytest.fixture(scope="session")
 def trained_onnx(trained_run) -> Path:
     """The ``trained_run`` model exported to ONNX (the export verifies it against PyTorch)."""
     from medcls.export import export_onnx

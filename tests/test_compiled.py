@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from medcls.cli import main
 from medcls.compiled_model import bf16_supported
+from medcls.models.fused import FirstStageWithMeans
 from medcls.predict import Predictor
 from medcls.serving.server import load_app
 
@@ -22,10 +23,16 @@ def _files(xray_root, n=5):
         sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:n]
 
 
-def test_compiled_predictions_match_pytorch(trained_run, xray_root):
-    reference = Predictor.load(trained_run)
-    fast = Predictor.from_checkpoint(trained_run, compile=True, batch_size=4)  # batches of 4, 4 and a padded 2
+@pytest.mark.parametrize("run", ["trained_run", "valid_padding_run"])
+def test_compiled_predictions_match_pytorch(run, request, xray_root):
+    """Both the plain compiled graph (padding "same") and the one whose first stage runs the fused
+    kernel, computing the first scale's OOD features on the way (padding "valid")."""
+    run = request.getfixturevalue(run)
+    reference = Predictor.load(run)
+    fast = Predictor.from_checkpoint(run, compile=True, batch_size=4)  # batches of 4, 4 and a padded 2
     assert fast.backend.name == "pytorch-compiled" and fast.ood is not None
+    fused_first = isinstance(fast.backend.graph.net.net.backbone[0], FirstStageWithMeans)
+    assert fused_first == (reference.info.arch_kwargs.get("padding") == "valid")
     assert fast.backend.dtype == (torch.bfloat16 if bf16_supported() else torch.float32)
     files = _files(xray_root)
     want, _ = reference.predict(files)
@@ -44,7 +51,8 @@ def test_compiled_predictions_match_pytorch(trained_run, xray_root):
             assert a["in_distribution"] == b["in_distribution"]
     single, _ = fast.predict(files[:1])  # a call shorter than a batch runs at its own shape
     assert single[0]["p_PNEUMONIA"] == pytest.approx(got[0]["p_PNEUMONIA"], abs=1e-3)
-    logits, features = fast.backend.outputs(np.zeros((0, 64, 64, 1), np.uint8))
+    size = reference.info.image_size
+    logits, features = fast.backend.outputs(np.zeros((0, size, size, 1), np.uint8))
     assert logits.shape[0] == 0 and features.shape == (0, fast.backend.feature_width)
 
 

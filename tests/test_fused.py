@@ -2,6 +2,8 @@
 convolution PyTorch's within rounding, forward and backward; the training-time swap leaves the
 network as it was."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,10 @@ from torch import nn
 from conftest import ROOT, assert_switch_keeps_weights, quick_overrides
 from medcls.checkpoint import load_checkpoint
 from medcls.config import load_config
+from medcls.evaluation.ood import OODFeatures
 from medcls.models import build_model
-from medcls.models.fused import ConvReLUMaxPool2d, ReLUMaxPool2d, extension, fused_layers, relu_maxpool2d
+from medcls.models.fused import (ConvReLUMaxPool2d, FirstStageWithMeans, ReLUMaxPool2d, extension, fused_layers,
+                                 relu_maxpool2d)
 from medcls.training.train import train
 
 
@@ -120,3 +124,27 @@ def test_training_with_the_fused_first_conv_stays_close(tmp_path, xray_root, ker
     for key in weights[0]:
         a, b = weights[0][key].float(), weights[1][key].float()
         assert torch.linalg.vector_norm(a - b) <= 0.05 * torch.linalg.vector_norm(b), key
+
+
+@pytest.mark.parametrize("size", [96, 97])
+def test_first_stage_with_means_gives_the_same_features(kernel, size):
+    """Inference (the compiled backend's graph): the fused first stage hands over the first
+    scale's channel means itself; logits and OOD features stay those of the plain network.
+    An odd image size, where the means would miss a row, keeps the plain network."""
+    torch.manual_seed(0)
+    net = build_model("seed-cnn", 1, 2, size).eval()
+    x = torch.rand(4, 1, size, size)
+    outputs = []
+    for fused in (False, True):
+        model = OODFeatures(copy.deepcopy(net), size, 1, fused=fused).eval()
+        backbone = model.net.backbone.to(torch.bfloat16).to(memory_format=torch.channels_last)
+        backbone.register_forward_pre_hook(lambda module, args: (args[0].to(torch.bfloat16),))  # as compiled
+        assert isinstance(backbone[0], FirstStageWithMeans) == (fused and size % 2 == 0)
+        with torch.inference_mode():
+            logits, features = model(x)
+        outputs.append((logits.float(), features))
+    (logits, features), (fused_logits, fused_features) = outputs
+    assert fused_features.shape == features.shape
+    # float32 sums in another order than oneDNN's: the same up to a rare last-bit rounding
+    assert torch.allclose(fused_features, features, atol=1e-3, rtol=1e-2)
+    assert torch.allclose(fused_logits, logits, atol=1e-2)

@@ -41,7 +41,7 @@ class CompiledBackend:
         self.batch_size = batch_size
         self.parallel_runs = parallel_runs(threads)
         self.dtype = torch.bfloat16 if bf16_supported() else torch.float32
-        graph = InferenceGraph(copy.deepcopy(net), info.image_size, info.in_channels, info.tta).eval()
+        graph = InferenceGraph(copy.deepcopy(net), info.image_size, info.in_channels, info.tta, fused=True).eval()
         backbone = graph.net.net.backbone
         backbone.to(self.dtype).to(memory_format=torch.channels_last)
         # The float32 normalised input meets the backbone's dtype at the backbone's door.
@@ -50,6 +50,7 @@ class CompiledBackend:
         self.feature_width = sum(graph.net.blocks)
         # The C++ toolchain's probe warns that a CPU-only machine has no CUDA: noise to a CPU user.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        self.graph = graph  # the module compiled: uint8 images -> (logits, features)
         self._graph = torch.compile(graph, options={"freezing": True}, dynamic=False)
 
     @torch.inference_mode()

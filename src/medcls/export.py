@@ -34,9 +34,11 @@ class ExportError(ValueError):
 class InferenceGraph(torch.nn.Module):
     """What an exported file (or a compiled model) computes: uint8 ``(N, H, W, C)`` images -> (logits, features)."""
 
-    def __init__(self, net: torch.nn.Module, image_size: int, channels: int, tta: bool = False):
+    def __init__(self, net: torch.nn.Module, image_size: int, channels: int, tta: bool = False,
+                 fused: bool = False):
         super().__init__()
-        self.net, self.tta = OODFeatures(net, image_size, channels), tta
+        # fused (compiled backend only: ONNX has no such op) modifies ``net``, see OODFeatures
+        self.net, self.tta = OODFeatures(net, image_size, channels, fused), tta
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_model_input(image)

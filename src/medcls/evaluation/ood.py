@@ -37,6 +37,7 @@ from medcls.checkpoint import ModelInfo
 from medcls.config import AugmentConfig
 from medcls.data.augment import augmented_copies
 from medcls.data.prepared import to_model_input
+from medcls.models.fused import FirstStageWithMeans, fusable_first_stage
 from medcls.models.inference import WithFeatures, tta_views
 
 METHODS = ("mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit")
@@ -71,20 +72,32 @@ def scale_ends(net: torch.nn.Module, image_size: int, channels: int) -> list[tup
 class OODFeatures(WithFeatures):
     """``(logits, features)``: features are the channel means at each spatial scale, then
     the penultimate activations (block sizes in :attr:`blocks`). Export this wrapper to
-    ONNX to score exported models."""
+    ONNX to score exported models.
 
-    def __init__(self, net: torch.nn.Module, image_size: int, channels: int):
+    ``fused`` (the compiled backend's choice): where the network begins with a convolution,
+    ReLU and max-pool the fused kernel runs (:func:`medcls.models.fused.fusable_first_stage`),
+    that stage is replaced, in ``net`` itself, by one that computes the first scale's
+    channel means on the way, so its full-size activation is never stored."""
+
+    def __init__(self, net: torch.nn.Module, image_size: int, channels: int, fused: bool = False):
         super().__init__(net)
         taps = scale_ends(net, image_size, channels)
         self.blocks = [c for _, c in taps] + [self._head.in_features]
         self._pooled: Optional[list[torch.Tensor]] = None  # a list only while this wrapper runs
         for module, _ in taps:
             module.register_forward_hook(self._pool)
+        backbone = fusable_first_stage(net, image_size) if fused else None
+        if backbone is not None and taps and taps[0][0] is backbone[1]:  # its ReLU ends the first scale
+            backbone[0], backbone[1], backbone[2] = FirstStageWithMeans(backbone[0], self._keep_means), \
+                torch.nn.Identity(), torch.nn.Identity()
+
+    def _keep_means(self, means: torch.Tensor) -> None:
+        if self._pooled is not None:
+            self._pooled.append(means)
 
     def _pool(self, module, inputs, output):
-        if self._pooled is not None:
-            # The mean is taken at once: a later in-place activation must not change it.
-            self._pooled.append(output.float().mean(dim=(2, 3)))
+        # The mean is taken at once: a later in-place activation must not change it.
+        self._keep_means(output.float().mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._pooled = []

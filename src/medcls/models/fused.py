@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,59 @@ class ConvReLUMaxPool2d(nn.Module):
                 and extension() is not None):
             return _ConvReLUMaxPool.apply(x, self.conv.weight, self.conv.bias, autocast)
         return relu_maxpool2d(self.conv(x))
+
+
+@torch.library.custom_op("medcls::first_stage_infer", mutates_args=())
+def first_stage_infer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bf16: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference through a first-layer stage (see :class:`ConvReLUMaxPool2d`): the pooled output,
+    and the channel means of the ReLU'd convolution output (float32 ``(N, C)``). An op of its
+    own so that ``torch.compile`` calls the kernel from its graph."""
+    y, means = extension().conv_infer(x, weight, bias, bf16)
+    return y, means
+
+
+@first_stage_infer.register_fake
+def _(x, weight, bias, bf16):
+    n, _, h, w = x.shape
+    y = torch.empty((n, weight.shape[0], (h - 2) // 2, (w - 2) // 2), dtype=torch.bfloat16 if bf16 else torch.float32,
+                    device=x.device, memory_format=torch.channels_last)
+    return y, x.new_empty((n, weight.shape[0]))
+
+
+class FirstStageWithMeans(nn.Module):
+    """Inference-only first stage (convolution, ReLU, max-pool in one pass) that hands the channel
+    means of its ReLU output, the out-of-distribution features of that scale, to ``sink``: the
+    100 MB activation is never stored, in inference either. Runs in the input's dtype (bfloat16
+    weights and input, as the compiled backend has them, round as autocast would)."""
+
+    def __init__(self, conv: nn.Conv2d, sink: Callable[[torch.Tensor], None]):
+        super().__init__()
+        self.conv = conv
+        self._sink = sink
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        weight, bias = self.conv.weight, self.conv.bias
+        if bf16:
+            x, weight, bias = (t.to(torch.bfloat16) for t in (x, weight, bias))
+        y, means = first_stage_infer(x.float().contiguous(memory_format=torch.channels_last), weight.float(),
+                                     bias.float(), bf16)
+        self._sink(means)
+        return y
+
+
+def fusable_first_stage(net: nn.Module, image_size: int) -> Optional[nn.Sequential]:
+    """``net``'s backbone where it begins with a stage :class:`FirstStageWithMeans` can run (a
+    first convolution the kernel is built for, ReLU, 2x2 max-pool, an even image size, CPU
+    parameters, the kernel built); None otherwise."""
+    backbone = getattr(net, "backbone", None)
+    if not (isinstance(backbone, nn.Sequential) and len(backbone) > 2 and _first_conv(backbone[0])
+            and type(backbone[1]) is nn.ReLU and _pool_2x2(backbone[2]) and image_size % 2 == 0
+            and backbone[0].weight.device.type == "cpu"):
+        return None
+    return backbone if extension() is not None else None
 
 
 def _pool_2x2(module: nn.Module) -> bool:

@@ -146,29 +146,36 @@ static inline void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
 // float32 bits rounded to the nearest bfloat16 (ties to even), kept in the high half
 static inline i16v bf16_round(i16v u) { return (u + 0x7FFF + ((u >> 16) & 1)) >> 16; }
 
+// idx (training: the winners, for backward) and sums (inference: each pooled row's sums of
+// the ReLU'd convolution outputs, for their channel means) may each be null.
 template <int64_t CO, int64_t CI, bool BF16>
-static void conv_fwd(const float* x, const float* w, const float* bias, void* y_out, uint8_t* idx, int64_t N,
-                     int64_t H, int64_t W, int64_t OH, int64_t OW) {
+static void conv_fwd(const float* x, const float* w, const float* bias, void* y_out, uint8_t* idx, float* sums,
+                     int64_t N, int64_t H, int64_t W, int64_t OH, int64_t OW) {
   constexpr int64_t NC = CO / 16, TAPS = 9 * CI;
   at::parallel_for(0, N * OH, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / OH, oh = r % OH;
+      f16v row_sum[NC] = {};
       for (int64_t ow = 0; ow < OW; ++ow) {
         float patch[4][4][CI];  // the 4x4 input pixels under the four 3x3 windows of this output
         const float* corner = x + ((n * H + 2 * oh) * W + 2 * ow) * CI;
         for (int64_t i = 0; i < 4; ++i) std::memcpy(patch[i], corner + i * W * CI, sizeof(patch[i]));
-        for (int64_t c = 0; c < NC; ++c) {
-          f16v acc[4];
-          for (int p = 0; p < 4; ++p) acc[p] = load<f16v>(bias + 16 * c);
-          for (int64_t t = 0; t < TAPS; ++t) {
-            const f16v wt = load<f16v>(w + t * CO + 16 * c);
-            const int64_t kh = t / (3 * CI), kw = t / CI % 3, ci = t % CI;
-            for (int p = 0; p < 4; ++p) acc[p] += patch[(p >> 1) + kh][(p & 1) + kw][ci] * wt;
+        // all output channels at once: each input pixel is broadcast once for every chunk of 16
+        f16v acc[4][NC];
+        for (int p = 0; p < 4; ++p)
+          for (int64_t c = 0; c < NC; ++c) acc[p][c] = load<f16v>(bias + 16 * c);
+        for (int64_t t = 0; t < TAPS; ++t) {
+          const int64_t kh = t / (3 * CI), kw = t / CI % 3, ci = t % CI;
+          for (int p = 0; p < 4; ++p) {
+            const float v = patch[(p >> 1) + kh][(p & 1) + kw][ci];
+            for (int64_t c = 0; c < NC; ++c) acc[p][c] += v * load<f16v>(w + t * CO + 16 * c);
           }
+        }
+        for (int64_t c = 0; c < NC; ++c) {
           i16v best, raw, arg = i16v{} + 0;
           for (int p = 0; p < 4; ++p) {
             i16v bits;
-            std::memcpy(&bits, &acc[p], sizeof(bits));
+            std::memcpy(&bits, &acc[p][c], sizeof(bits));
             if (BF16) bits = bf16_round(bits);  // compare what a bfloat16 convolution would output
             // as integers that sort like the floats (key() above, here in the 16 or 32 bits used)
             const i16v k = BF16 ? bits ^ ((bits >> 15) & 0x7FFF) : bits ^ ((bits >> 31) & 0x7FFFFFFF);
@@ -176,6 +183,12 @@ static void conv_fwd(const float* x, const float* w, const float* bias, void* y_
             best = better ? k : best;
             raw = better ? bits : raw;
             arg = better ? i16v{} + p : arg;
+            if (sums) {
+              const i16v f32_bits = BF16 ? bits << 16 : bits;
+              f16v value;
+              std::memcpy(&value, &f32_bits, sizeof(value));
+              row_sum[c] += value > 0 ? value : f16v{};
+            }
           }
           const i16v pos = best > 0;
           raw = pos ? raw : i16v{};
@@ -183,9 +196,11 @@ static void conv_fwd(const float* x, const float* w, const float* bias, void* y_
           const int64_t at = (r * OW + ow) * CO + 16 * c;
           if (BF16) store(static_cast<int16_t*>(y_out) + at, __builtin_convertvector(raw, h16v));
           else store(static_cast<int32_t*>(y_out) + at, raw);
-          store(idx + at, __builtin_convertvector(arg, b16v));
+          if (idx) store(idx + at, __builtin_convertvector(arg, b16v));
         }
       }
+      if (sums)
+        for (int64_t c = 0; c < NC; ++c) store(sums + r * CO + 16 * c, row_sum[c]);
     }
   });
 }
@@ -261,25 +276,47 @@ static void by_shape(int64_t co, int64_t ci, bool bf16, F&& f) {
   else TORCH_CHECK(false, "conv3x3_relu_maxpool2: ", co, " output channels (16, 32 or 64 are built)");
 }
 
-// x: (N, CI, H, W) float32 channels-last; w: (CO, CI, 3, 3) float32; bias: (CO) float32.
-std::vector<at::Tensor> conv3x3_relu_maxpool2_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                                                      bool bf16) {
+// Runs conv_fwd for x: (N, CI, H, W) float32 channels-last, w: (CO, CI, 3, 3), bias: (CO), both
+// float32; returns the pooled output. idx and sums as conv_fwd takes them (or empty).
+static at::Tensor first_stage(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool bf16,
+                              at::Tensor idx, at::Tensor sums) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "conv3x3_relu_maxpool2: float32 channels-last 4-d input");
   const int64_t N = x.size(0), CI = x.size(1), H = x.size(2), W = x.size(3), CO = w.size(0);
   const int64_t OH = (H - 2) / 2, OW = (W - 2) / 2;
-  TORCH_CHECK(OH > 0 && OW > 0, "conv3x3_relu_maxpool2: input ", H, "x", W, " is too small");
   at::Tensor wt = w.permute({2, 3, 1, 0}).contiguous();  // (3, 3, CI, CO): output channels innermost
   at::Tensor b = bias.contiguous();
-  auto opts = x.options().dtype(bf16 ? at::kBFloat16 : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast);
-  at::Tensor y = at::empty({N, CO, OH, OW}, opts);
-  at::Tensor idx = at::empty({N, CO, OH, OW}, opts.dtype(at::kByte));
+  at::Tensor y = at::empty({N, CO, OH, OW}, x.options().dtype(bf16 ? at::kBFloat16 : at::kFloat)
+                                                .memory_format(at::MemoryFormat::ChannelsLast));
   by_shape(CO, CI, bf16, [&](auto co, auto ci, auto is_bf16) {
     conv_fwd<decltype(co)::value, decltype(ci)::value, decltype(is_bf16)::value>(
-        x.data_ptr<float>(), wt.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr(), idx.data_ptr<uint8_t>(), N, H, W,
+        x.data_ptr<float>(), wt.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr(),
+        idx.defined() ? idx.data_ptr<uint8_t>() : nullptr, sums.defined() ? sums.data_ptr<float>() : nullptr, N, H, W,
         OH, OW);
   });
-  return {y, idx};
+  return y;
+}
+
+// Training: the pooled output and the winners (for backward).
+std::vector<at::Tensor> conv3x3_relu_maxpool2_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                                      bool bf16) {
+  const int64_t OH = (x.size(2) - 2) / 2, OW = (x.size(3) - 2) / 2;
+  TORCH_CHECK(OH > 0 && OW > 0, "conv3x3_relu_maxpool2: input ", x.size(2), "x", x.size(3), " is too small");
+  at::Tensor idx = at::empty({x.size(0), w.size(0), OH, OW},
+                             x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  return {first_stage(x, w, bias, bf16, idx, at::Tensor()), idx};
+}
+
+// Inference: the pooled output, and the channel means of the ReLU'd convolution output (N, CO)
+// float32, the out-of-distribution features of that scale (medcls/evaluation/ood.py).
+std::vector<at::Tensor> conv3x3_relu_maxpool2_infer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                                    bool bf16) {
+  const int64_t H = x.size(2), W = x.size(3), OH = (H - 2) / 2, OW = (W - 2) / 2;
+  // the means cover every convolution output only where the pooling windows do
+  TORCH_CHECK(OH > 0 && OW > 0 && H % 2 == 0 && W % 2 == 0, "conv3x3_relu_maxpool2: input ", H, "x", W,
+              " must be even-sided");
+  at::Tensor sums = at::empty({x.size(0), OH, w.size(0)}, x.options());
+  return {first_stage(x, w, bias, bf16, at::Tensor(), sums), sums.sum(1).div_(double(4 * OH * OW))};
 }
 
 // Gradients of the weight (CO, CI, 3, 3) and bias (CO), float32.
@@ -303,4 +340,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &relu_maxpool2_backward);
   m.def("conv_forward", &conv3x3_relu_maxpool2_forward);
   m.def("conv_backward", &conv3x3_relu_maxpool2_backward);
+  m.def("conv_infer", &conv3x3_relu_maxpool2_infer);
 }
