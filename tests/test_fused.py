@@ -3,6 +3,9 @@ convolution PyTorch's within rounding, forward and backward; the training-time s
 network as it was."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -148,3 +151,16 @@ def test_first_stage_with_means_gives_the_same_features(kernel, size):
     # float32 sums in another order than oneDNN's: the same up to a rare last-bit rounding
     assert torch.allclose(fused_features, features, atol=1e-3, rtol=1e-2)
     assert torch.allclose(fused_logits, logits, atol=1e-2)
+
+
+def test_without_a_compiler_pytorch_ops_take_over(tmp_path):
+    """A machine that cannot build the kernels trains all the same, after one line saying so."""
+    code = ("import torch, torch.nn.functional as F\n"
+            "from medcls.models.fused import extension, relu_maxpool2d\n"
+            "x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)\n"
+            "print(torch.equal(relu_maxpool2d(x), F.max_pool2d(F.relu(x), 2)), extension())\n")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "/bin/false"}  # a fresh build dir, no compiler
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert res.stdout.split() == ["True", "None"]
+    messages = [line for line in res.stderr.splitlines() if line.startswith("medcls:")]
+    assert len(messages) == 1 and "fused training kernels unavailable, using PyTorch's ops" in messages[0]
