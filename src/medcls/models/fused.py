@@ -1,4 +1,4 @@
-"""Fused conv / ReLU / 2x2 max-pool stages for CPU training (C++ kernels built on first use).
+"""Fused conv / ReLU / 2x2 max-pool stages on CPU (C++ kernels built on first use).
 
 PyTorch runs ``Conv2d``, ``ReLU`` and ``MaxPool2d(2)`` as three ops, with an int64 index per
 pooled output and a zero-filled input gradient: in the seed CNN's bf16 training step on CPU
@@ -12,13 +12,15 @@ first convolution (one input channel, the network's largest output) is memory-bo
 - the first 3x3 convolution with its ReLU and max-pool (``train.fuse_first_conv``): the
   convolution's output is never stored, and the weight gradient is summed over the pooling
   winners only. Its sums run in another order than oneDNN's and its weight gradient stays
-  float32, so the weights differ in the last bits: ``benchmarks/fused_accuracy.py`` checks
-  that test accuracy does not.
+  float32, so the weights differ in the last bits (``benchmarks/accuracy.md`` compares test
+  AUC over three seeds with and without).
 
 :func:`fused_layers` swaps matching stages of a network in place for the length of a
 ``with`` block (the training forward) and puts the original modules back after, so
 checkpoints, the out-of-distribution features and Grad-CAM (which hook the ReLU's output)
-never see them. The kernels are compiled once per machine with the C++ compiler torch's
+never see them. For inference, :class:`FirstStageWithMeans` runs the first stage in the
+compiled backend's graph, handing over the channel means the OOD features need. The
+kernels are compiled once per machine with the C++ compiler torch's
 extensions use; without one, on GPU, or for other layouts the same modules run PyTorch's ops.
 """
 
