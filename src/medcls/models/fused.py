@@ -105,13 +105,25 @@ class ReLUMaxPool2d(nn.Module):
         return relu_maxpool2d(x)
 
 
+def _autocast_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _first_stage_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bf16: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The float32 (channels-last) input, weight and bias the first-stage kernels take; with
+    ``bf16`` rounded to bfloat16 first, as a bfloat16 convolution (autocast's or bfloat16
+    weights') would see them."""
+    if bf16:
+        x, weight, bias = (t.to(torch.bfloat16) for t in (x, weight, bias))
+    return x.float().contiguous(memory_format=torch.channels_last), weight.detach().float(), bias.detach().float()
+
+
 class _ConvReLUMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bf16: bool) -> torch.Tensor:
-        if bf16:  # what autocast hands a bfloat16 convolution
-            x, weight, bias = (t.to(torch.bfloat16).float() for t in (x, weight, bias))
-        x = x.contiguous(memory_format=torch.channels_last)
-        y, winner = extension().conv_forward(x, weight.detach(), bias.detach(), bf16)
+        x, weight, bias = _first_stage_inputs(x, weight, bias, bf16)
+        y, winner = extension().conv_forward(x, weight, bias, bf16)
         ctx.save_for_backward(x, winner)
         return y
 
@@ -135,8 +147,7 @@ class ConvReLUMaxPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = torch.is_autocast_enabled("cpu")
         if (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad and x.dim() == 4
-                and (not autocast or torch.get_autocast_dtype("cpu") == torch.bfloat16)
-                and extension() is not None):
+                and (not autocast or _autocast_bf16()) and extension() is not None):
             return _ConvReLUMaxPool.apply(x, self.conv.weight, self.conv.bias, autocast)
         return relu_maxpool2d(self.conv(x))
 
@@ -171,15 +182,16 @@ class FirstStageWithMeans(nn.Module):
         self._sink = sink
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        weight, bias = self.conv.weight, self.conv.bias
-        if bf16:
-            x, weight, bias = (t.to(torch.bfloat16) for t in (x, weight, bias))
-        y, means = first_stage_infer(x.float().contiguous(memory_format=torch.channels_last), weight.float(),
-                                     bias.float(), bf16)
+        bf16 = x.dtype == torch.bfloat16 or _autocast_bf16()
+        y, means = first_stage_infer(*_first_stage_inputs(x, self.conv.weight, self.conv.bias, bf16), bf16)
         self._sink(means)
         return y
+
+
+def _kernels_usable(net: nn.Module) -> bool:
+    """Whether the kernels can run for ``net``: its parameters on CPU, and the kernels built."""
+    parameter = next(net.parameters(), None)
+    return parameter is not None and parameter.device.type == "cpu" and extension() is not None
 
 
 def fusable_first_stage(net: nn.Module, image_size: int) -> Optional[nn.Sequential]:
@@ -187,11 +199,8 @@ def fusable_first_stage(net: nn.Module, image_size: int) -> Optional[nn.Sequenti
     first convolution the kernel is built for, ReLU, 2x2 max-pool, an even image size, CPU
     parameters, the kernel built); None otherwise."""
     backbone = getattr(net, "backbone", None)
-    if not (isinstance(backbone, nn.Sequential) and len(backbone) > 2 and _first_conv(backbone[0])
-            and type(backbone[1]) is nn.ReLU and _pool_2x2(backbone[2]) and image_size % 2 == 0
-            and backbone[0].weight.device.type == "cpu"):
-        return None
-    return backbone if extension() is not None else None
+    usable = isinstance(backbone, nn.Sequential) and _first_stage_at(backbone, 0) and image_size % 2 == 0
+    return backbone if usable and _kernels_usable(net) else None
 
 
 def _pool_2x2(module: nn.Module) -> bool:
@@ -200,11 +209,18 @@ def _pool_2x2(module: nn.Module) -> bool:
             and module.dilation in (1, (1, 1)) and not module.ceil_mode and not module.return_indices)
 
 
-def _first_conv(module: nn.Module) -> bool:
-    """A convolution the fused first-layer kernel is built for."""
-    return (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.stride == (1, 1)
-            and module.padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1
-            and module.bias is not None and module.in_channels in (1, 3) and module.out_channels in (16, 32, 64))
+def _relu_pool_at(seq: nn.Sequential, i: int) -> bool:
+    """``seq[i]`` is an ``nn.ReLU`` and ``seq[i + 1]`` a 2x2 max-pool."""
+    return i + 1 < len(seq) and type(seq[i]) is nn.ReLU and _pool_2x2(seq[i + 1])
+
+
+def _first_stage_at(seq: nn.Sequential, i: int) -> bool:
+    """``seq[i]`` is a convolution the fused first-layer kernel is built for, then ReLU and max-pool."""
+    conv = seq[i]
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.bias is not None and conv.in_channels in (1, 3) and conv.out_channels in (16, 32, 64)
+            and _relu_pool_at(seq, i + 1))
 
 
 @contextlib.contextmanager
@@ -215,18 +231,18 @@ def fused_layers(net: nn.Module, relu_maxpool: bool = True, first_conv: bool = T
     replaced places hold ``nn.Identity``, so indices stay; the modules are parameterless or
     wrap the network's own convolution, so the parameters are the same objects. Yields how
     many stages were fused; the original modules are put back on leaving, and with them the
-    state dict's names."""
+    state dict's names. Where the kernels cannot run (GPU, no compiler) nothing is swapped:
+    the network keeps its own modules, in-place ReLU included."""
     swapped: list[tuple[nn.Sequential, int, list[nn.Module]]] = []
-    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq) - 1):
-            if type(seq[i]) is not nn.ReLU or not _pool_2x2(seq[i + 1]):
-                continue
-            if first_conv and i > 0 and _first_conv(seq[i - 1]):
-                swapped.append((seq, i - 1, list(seq[i - 1:i + 2])))
-                seq[i - 1], seq[i], seq[i + 1] = ConvReLUMaxPool2d(seq[i - 1]), nn.Identity(), nn.Identity()
-            elif relu_maxpool:
-                swapped.append((seq, i, list(seq[i:i + 2])))
-                seq[i], seq[i + 1] = nn.Identity(), ReLUMaxPool2d()
+    if (relu_maxpool or first_conv) and _kernels_usable(net):
+        for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+            for i in range(len(seq) - 1):
+                if first_conv and _first_stage_at(seq, i):
+                    swapped.append((seq, i, list(seq[i:i + 3])))
+                    seq[i], seq[i + 1], seq[i + 2] = ConvReLUMaxPool2d(seq[i]), nn.Identity(), nn.Identity()
+                elif relu_maxpool and _relu_pool_at(seq, i):
+                    swapped.append((seq, i, list(seq[i:i + 2])))
+                    seq[i], seq[i + 1] = nn.Identity(), ReLUMaxPool2d()
     try:
         yield len(swapped)
     finally:

@@ -19,20 +19,22 @@
 #include <type_traits>
 #include <vector>
 
-// IEEE floats as integers that sort like the floats (sign-magnitude to two's complement): the
-// comparisons then vectorise (float compares, with their NaN rules, leave the loops scalar).
-template <typename S>
-static inline S key(S v) { return v ^ ((v >> (sizeof(S) * 8 - 1)) & std::numeric_limits<S>::max()); }
+// The bits of BITS-wide IEEE floats (held in signed integers, or vectors of them) as integers that
+// sort like the floats (sign-magnitude to two's complement): the comparisons then vectorise
+// (float compares, with their NaN rules, leave the loops scalar).
+template <int BITS, typename V>
+static inline V key(V v) { return V(v ^ ((v >> (BITS - 1)) & (std::numeric_limits<int32_t>::max() >> (32 - BITS)))); }
 
 template <typename S, int64_t K = 0>
 static void fwd_row(const S* __restrict a, const S* __restrict b, const S* __restrict c, const S* __restrict d,
                     S* __restrict y, uint8_t* __restrict idx, int64_t n) {
   if constexpr (K > 0) n = K;  // a compile-time channel count unrolls into whole vectors
   for (int64_t k = 0; k < n; ++k) {
-    S m = key(a[k]), r = a[k], i = 0;
-    S v = key(b[k]); bool g = v > m; m = g ? v : m; r = g ? b[k] : r; i = g ? S(1) : i;
-    v = key(c[k]); g = v > m; m = g ? v : m; r = g ? c[k] : r; i = g ? S(2) : i;
-    v = key(d[k]); g = v > m; m = g ? v : m; r = g ? d[k] : r; i = g ? S(3) : i;
+    constexpr int BITS = sizeof(S) * 8;
+    S m = key<BITS>(a[k]), r = a[k], i = 0;
+    S v = key<BITS>(b[k]); bool g = v > m; m = g ? v : m; r = g ? b[k] : r; i = g ? S(1) : i;
+    v = key<BITS>(c[k]); g = v > m; m = g ? v : m; r = g ? c[k] : r; i = g ? S(2) : i;
+    v = key<BITS>(d[k]); g = v > m; m = g ? v : m; r = g ? d[k] : r; i = g ? S(3) : i;
     const bool pos = m > 0;
     y[k] = pos ? r : S(0);
     idx[k] = uint8_t(pos ? i : S(4));
@@ -177,8 +179,7 @@ static void conv_fwd(const float* x, const float* w, const float* bias, void* y_
             i16v bits;
             std::memcpy(&bits, &acc[p][c], sizeof(bits));
             if (BF16) bits = bf16_round(bits);  // compare what a bfloat16 convolution would output
-            // as integers that sort like the floats (key() above, here in the 16 or 32 bits used)
-            const i16v k = BF16 ? bits ^ ((bits >> 15) & 0x7FFF) : bits ^ ((bits >> 31) & 0x7FFFFFFF);
+            const i16v k = key<BF16 ? 16 : 32>(bits);
             const i16v better = p == 0 ? i16v{} - 1 : k > best;
             best = better ? k : best;
             raw = better ? bits : raw;
