@@ -3,13 +3,22 @@ VENV ?= .venv
 CONFIG ?= configs/pneumonia-quick.yaml
 DATA ?= $(or $(MEDCLS_DATA),../shared/data/chest_xray)
 
-.PHONY: run test install install-test clean ship-model
+.PHONY: run test test-fast lint install install-test clean ship-model
 
 run: $(VENV)/.installed
 	$(VENV)/bin/medcls run --config $(CONFIG) --data $(DATA)
 
-test: $(VENV)/.installed-test
+# The full suite, after the lint and layering checks (import-linter contracts in .importlinter).
+test: lint
 	$(VENV)/bin/python -m pytest
+
+# The unit lane: no training, no browser (under 2 minutes here).
+test-fast: lint
+	$(VENV)/bin/python -m pytest -m "not slow and not browser"
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

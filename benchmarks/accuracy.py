@@ -12,9 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
+from medcls.api import run
 from medcls.config import load_config
 from medcls.evaluation.compare import compare_runs, markdown_table
-from medcls.pipeline import run_pipeline
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "accuracy.json"
@@ -29,8 +29,8 @@ def main() -> None:
     args = ap.parse_args()
     runs = [Path(r) for r in args.runs]
     for config in args.configs:
-        run, _ = run_pipeline(load_config(config, args.set))
-        runs.append(run)
+        run_dir, _ = run(load_config(config, args.set))
+        runs.append(run_dir)
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     known = {r["run"] for r in rows}
     rows += [r for r in compare_runs(runs) if r["run"] not in known]

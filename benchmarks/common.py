@@ -16,7 +16,7 @@ def benchmark_model(model: str | None, workdir: Path) -> tuple[Path, Path, str]:
     """(checkpoint, exported ONNX, description): ``model`` if given, else a randomly
     initialised 224 px grayscale seed CNN (the faithful recipe's network; latency
     does not depend on the weights)."""
-    from medcls.export import export_onnx
+    from medcls.inference.export import export_onnx
 
     if model:
         checkpoint = Path(model)
@@ -29,8 +29,8 @@ def export_seed_cnn(workdir: Path, net=None, size: int = 224) -> tuple[Path, Pat
     ImageClassifier, e.g. just trained), or a randomly initialised one (seed 0)."""
     import torch
 
-    from medcls.checkpoint import ModelInfo, build_net, save_checkpoint
-    from medcls.export import export_onnx
+    from medcls.inference.export import export_onnx
+    from medcls.models.checkpoint import ModelInfo, build_net, save_checkpoint
 
     mean, std = (net.mean.flatten().tolist(), net.std.flatten().tolist()) if net is not None else ([0.5], [0.25])
     info = ModelInfo(arch="seed-cnn", arch_kwargs={}, classes=["NORMAL", "PNEUMONIA"], image_size=size,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.checkpoint import load_checkpoint
 from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
-from medcls.evaluation.metrics import binary_metrics, bootstrap_ci
-from medcls.evaluation.threshold import choose_threshold
+from medcls.inference.predictor import Predictor
+from medcls.metrics.classification import binary_metrics, bootstrap_ci
+from medcls.metrics.threshold import choose_threshold
+from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import logits_to_probs
-from medcls.predict import Predictor
 
 HERE = Path(__file__).resolve().parent
 SHOWN = ("accuracy", "recall", "specificity", "f1", "roc_auc")

@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "latency.json"))
     args = parser.parse_args()
 
-    from medcls.io import atomic_write_json
-    from medcls.predict import Predictor
+    from medcls.core.io import atomic_write_json
+    from medcls.inference.predictor import Predictor
 
     data = Path(args.image).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,15 +27,26 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from medcls.checkpoint import load_checkpoint
-from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
 from medcls.config import load_config
-from medcls.evaluation.ood import (METHODS, OODDetector, OODFeatures, fit_detector, logits_and_features,
-                                     reference_features)
-from medcls.evaluation.ood_eval import evaluate_ood, separation
-from medcls.evaluation.ood_probes import SYNTHETIC, TRANSFORMS, synthetic_images, transformed_images
+from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
+from medcls.inference.predictor import Predictor, decide, expand_paths
+from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import logits_to_probs
-from medcls.predict import Predictor, decide, expand_paths
+from medcls.ood.detector import (
+    METHODS,
+    OODDetector,
+    OODFeatures,
+    fit_detector,
+    logits_and_features,
+    reference_features,
+)
+from medcls.ood.evaluation import evaluate_ood, separation
+from medcls.ood.probes import (
+    SYNTHETIC,
+    TRANSFORMS,
+    synthetic_images,
+    transformed_images,
+)
 
 HERE = Path(__file__).resolve().parent
 OTHER = {"pneumonia": "retinopathy", "retinopathy": "chest_xray"}

@@ -19,19 +19,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from sklearn.metrics import roc_auc_score
 
 from common import median_ms
-
-from medcls.checkpoint import load_checkpoint
 from medcls.evaluation.evaluate import checkpoint_data, resolve_checkpoint
-from medcls.evaluation.ood import OODDetector
-from medcls.export import export_onnx
+from medcls.inference.export import export_onnx
+from medcls.inference.onnx_backend import INPUT_NAME, load_onnx
+from medcls.inference.predictor import Predictor
+from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import logits_to_probs
-from medcls.onnx_model import INPUT_NAME, load_onnx
-from medcls.predict import Predictor
+from medcls.ood.detector import OODDetector
 
 HERE = Path(__file__).resolve().parent
 

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from common import RESULTS, best_seconds, machine, measured_peaks, steady
-
-from medcls.allocator import reuse_freed_memory
+from medcls.core.allocator import reuse_freed_memory
 from medcls.models import build_model
 from medcls.models.fused import ConvReLUMaxPool2d, fused_layers, relu_maxpool2d
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+
 from common import IMAGE, RESULTS, ROOT, benchmark_model, machine, percentiles
 
 
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", help="default: benchmarks/results/serve_load.json (serve_load_BACKEND.json)")
     args = parser.parse_args()
 
-    from medcls.io import atomic_write_json
+    from medcls.core.io import atomic_write_json
 
     data = Path(args.image).read_bytes()
     runs = []

@@ -25,15 +25,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import best_seconds, export_seed_cnn, measured_peaks, median_ms, steady
-from quantize import quantize_int8
-
-from medcls.allocator import keep_freed_memory_environment, reuse_freed_memory
 from medcls.config import load_config
+from medcls.core.allocator import keep_freed_memory_environment, reuse_freed_memory
 from medcls.data.prepared import make_loader, prepare_data, to_model_input
+from medcls.inference.onnx_backend import load_onnx
 from medcls.models import build_model
-from medcls.onnx_model import load_onnx
 from medcls.training.module import LitClassifier
 from medcls.training.train import EpochTimer
+from quantize import quantize_int8
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -94,7 +93,7 @@ def inference_only(net: torch.nn.Module, size: int, images: np.ndarray, val_imag
     Predictor runs it: ``onnx`` exported (uint8 in, logits and OOD features out) on ONNX Runtime,
     ``int8`` that file statically quantised (calibrated on ``val_images``), or ``compiled`` with
     bf16 weights by TorchInductor (``medcls predict --compile``)."""
-    from medcls.predict import Predictor
+    from medcls.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, onnx = export_seed_cnn(Path(tmp), net, size)

@@ -14,6 +14,23 @@ XRAY = DATA / "chest_xray"
 FUNDUS = DATA / "retinopathy"
 
 
+# Fixtures that train a model (tens of seconds each, once per session): their tests are "slow".
+TRAINED = {"trained_run", "valid_padding_run", "trained_onnx", "fundus_run", "uninterrupted"}
+NO_DATA = f"test data not found at {DATA} (put the data sets in ../shared/data or set MEDCLS_TEST_DATA)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Lanes: tests on trained models are ``slow`` (and need ``data``); without the data sets,
+    the ``data`` tests are skipped with the reason instead of failing."""
+    for item in items:
+        if TRAINED & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+        if TRAINED & set(item.fixturenames) or {"xray_root", "fundus_root"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.data)
+        if item.get_closest_marker("data") and not (XRAY.is_dir() and FUNDUS.is_dir()):
+            item.add_marker(pytest.mark.skip(reason=NO_DATA))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     os.environ["MEDCLS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
@@ -23,7 +40,7 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def xray_root() -> Path:
     if not XRAY.is_dir():
-        pytest.fail(f"test data not found at {XRAY} (set MEDCLS_TEST_DATA)")
+        pytest.skip(NO_DATA)
     return XRAY
 
 
@@ -39,8 +56,8 @@ def assert_switch_keeps_weights(out_dir: Path, root: Path, switch: str, size: in
     assert bit-identical weights: for speed switches that must not change a number."""
     import torch
 
-    from medcls.checkpoint import load_checkpoint
     from medcls.config import load_config
+    from medcls.models.checkpoint import load_checkpoint
     from medcls.training.train import train
 
     weights = []
@@ -80,7 +97,7 @@ def valid_padding_run(tmp_path_factory, xray_root) -> Path:
 @pytest.fixture(scope="session")
 def trained_onnx(trained_run) -> Path:
     """The ``trained_run`` model exported to ONNX (the export verifies it against PyTorch)."""
-    from medcls.export import export_onnx
+    from medcls.inference.export import export_onnx
 
     return export_onnx(trained_run, trained_run / "model.onnx").path
 
@@ -92,7 +109,7 @@ def fundus_run(tmp_path_factory) -> Path:
     from medcls.training.train import train
 
     if not FUNDUS.is_dir():
-        pytest.fail(f"test data not found at {FUNDUS} (set MEDCLS_TEST_DATA)")
+        pytest.skip(NO_DATA)
     out = tmp_path_factory.mktemp("fundus-runs")
     cfg = load_config(None, quick_overrides(out, FUNDUS, limit=16, epochs=1) + ["data.dataset=retinopathy"])
     return train(cfg, quiet=True)

@@ -3,8 +3,9 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, quick_overrides
+import pytest
 
+from conftest import ROOT, quick_overrides
 from medcls.cli import main
 
 
@@ -21,6 +22,7 @@ def test_inspect(xray_root, tmp_path):
     assert (tmp_path / "samples.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_run_then_predict(xray_root, tmp_path, capsys):
     sets = [x for o in quick_overrides(tmp_path / "runs", limit=40, epochs=1) for x in ("--set", o)]
     assert main(["run", "--config", str(ROOT / "configs" / "pneumonia-quick.yaml"), *sets]) == 0

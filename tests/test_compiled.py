@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from fastapi.testclient import TestClient
 
+from conftest import ROOT
 from medcls.cli import main
-from medcls.compiled_model import bf16_supported
+from medcls.inference.compiled_backend import bf16_supported
+from medcls.inference.predictor import Predictor
 from medcls.models.fused import FirstStageWithMeans
-from medcls.predict import Predictor
 from medcls.serving.server import load_app
 
 
@@ -23,6 +23,7 @@ def _files(xray_root, n=5):
         sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:n]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["trained_run", "valid_padding_run"])
 def test_compiled_predictions_match_pytorch(run, request, xray_root):
     """Both the plain compiled graph (padding "same") and the one whose first stage runs the fused

@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import XRAY
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]  # trains on the real data sets, two processes
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,14 +3,14 @@ import json
 
 import numpy as np
 import pytest
-from dicom_files import dicom_bytes, xray_dicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicom_files import dicom_bytes, xray_dicom
 from medcls.cli import main
 from medcls.data.images import ImageLoadError, is_dicom, load_image, open_image
-from medcls.predict import Predictor
+from medcls.inference.predictor import Predictor
 
 RAMP = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)  # 0..4095: every 12-bit value once
 

@@ -1,16 +1,18 @@
 import numpy as np
-import torch
 import pytest
-from conftest import FUNDUS, XRAY
+import torch
 from PIL import Image
 
-from medcls.checkpoint import ModelInfo
+from conftest import FUNDUS, XRAY
 from medcls.cli import main
 from medcls.data.images import load_image
-from medcls.explain.gradcam import ExplainError, Explainer, last_feature_map_layer
+from medcls.explain.gradcam import Explainer, ExplainError, last_feature_map_layer
 from medcls.explain.shortcut import outside_fraction, region_mask, summarize
+from medcls.inference.predictor import Predictor
 from medcls.models import ARCHS, build_model
-from medcls.predict import Predictor
+from medcls.models.checkpoint import ModelInfo
+
+pytestmark = pytest.mark.data  # reads the real data sets directly
 
 XRAY_PAIR = [XRAY / "test" / "NORMAL" / "IM-0001-0001.jpeg", XRAY / "test" / "PNEUMONIA" / "person1_virus_6.jpeg"]
 

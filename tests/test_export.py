@@ -6,13 +6,13 @@ import onnx
 import pytest
 import torch
 
-from medcls.checkpoint import CheckpointError, load_checkpoint
 from medcls.cli import main
-from medcls.evaluation.ood import OODFeatures
-from medcls.export import ExportError, export_onnx
+from medcls.inference.export import ExportError, export_onnx
+from medcls.inference.onnx_backend import METADATA_KEY, load_onnx
+from medcls.inference.predictor import Predictor
+from medcls.models.checkpoint import CheckpointError, load_checkpoint
 from medcls.models.inference import batch_logits
-from medcls.onnx_model import METADATA_KEY, load_onnx
-from medcls.predict import Predictor
+from medcls.ood.detector import OODFeatures
 
 
 def _test_images(xray_root, n=6):

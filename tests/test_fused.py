@@ -13,12 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import ROOT, assert_switch_keeps_weights, quick_overrides
-from medcls.checkpoint import load_checkpoint
 from medcls.config import load_config
-from medcls.evaluation.ood import OODFeatures
 from medcls.models import build_model
-from medcls.models.fused import (ConvReLUMaxPool2d, FirstStageWithMeans, ReLUMaxPool2d, extension, fused_layers,
-                                 relu_maxpool2d)
+from medcls.models.checkpoint import load_checkpoint
+from medcls.models.fused import (
+    ConvReLUMaxPool2d,
+    FirstStageWithMeans,
+    ReLUMaxPool2d,
+    extension,
+    fused_layers,
+    relu_maxpool2d,
+)
+from medcls.ood.detector import OODFeatures
 from medcls.training.train import train
 
 
@@ -109,11 +115,13 @@ def test_swap_is_undone_and_keeps_the_state_dict(padding):
         assert fused == 0
 
 
+@pytest.mark.slow
 def test_training_with_the_fused_kernel_gives_the_same_weights(tmp_path, xray_root, kernel):
     """The switch moves fewer bytes, not different numbers: same seed, same weights."""
     assert_switch_keeps_weights(tmp_path, xray_root, "train.fuse_relu_maxpool", size=96)
 
 
+@pytest.mark.slow
 def test_training_with_the_fused_first_conv_stays_close(tmp_path, xray_root, kernel):
     """Not bit-identical (see medcls.models.fused), so: the same seed with and without, at the
     recipe's "valid" padding, ends with weights that differ only in the last bits' drift."""

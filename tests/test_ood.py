@@ -6,18 +6,34 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import FUNDUS, ROOT, quick_overrides
 
-from medcls.checkpoint import load_checkpoint, save_checkpoint
+from conftest import FUNDUS, ROOT, quick_overrides
+from medcls.api import evaluate
 from medcls.cli import main
 from medcls.config import AugmentConfig, ConfigError, config_from_dict, load_config
 from medcls.data.augment import augmented_copies
 from medcls.data.prepared import prepare_data
-from medcls.evaluation.evaluate import EvaluationError, evaluate
-from medcls.evaluation.ood import METHODS, OODDetector, OODFeatures, fit_detector, fit_ood, logits_and_features
+from medcls.evaluation.evaluate import EvaluationError
+from medcls.inference.predictor import Predictor, expand_paths
+from medcls.models.checkpoint import load_checkpoint, save_checkpoint
 from medcls.models.inference import WithFeatures
-from medcls.evaluation.ood_probes import SYNTHETIC, TRANSFORMS, synthetic_images, transformed_images, write_images
-from medcls.predict import Predictor, expand_paths
+from medcls.ood.detector import (
+    METHODS,
+    OODDetector,
+    OODFeatures,
+    fit_detector,
+    fit_ood,
+    logits_and_features,
+)
+from medcls.ood.probes import (
+    SYNTHETIC,
+    TRANSFORMS,
+    synthetic_images,
+    transformed_images,
+    write_images,
+)
+
+pytestmark = pytest.mark.data  # reads the real data sets directly
 
 COLUMNS = ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "ood_score", "in_distribution"]
 

@@ -16,18 +16,19 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, quick_overrides
 from PIL import Image
 
 import medcls
-from medcls.checkpoint import CheckpointError, load_checkpoint
+from conftest import ROOT, quick_overrides
+from medcls.api import evaluate
 from medcls.cli import main
 from medcls.config import load_config
+from medcls.core.io import DiskFullError, atomic_path, atomic_write_json
 from medcls.data.datasets import DataError, load_index
 from medcls.data.fingerprint import split_fingerprint
 from medcls.data.split import read_manifest
-from medcls.evaluation.evaluate import EvaluationError, evaluate
-from medcls.io import DiskFullError, atomic_path, atomic_write_json
+from medcls.evaluation.evaluate import EvaluationError
+from medcls.models.checkpoint import CheckpointError, load_checkpoint
 from medcls.training.resume import resume
 from medcls.training.train import train
 

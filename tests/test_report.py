@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medcls.api import evaluate
 from medcls.cli import main
-from medcls.evaluation.evaluate import evaluate
 
 SECTIONS = {  # id -> heading: every part the report must have
     "data": "Data summary and split", "training": "Training curves", "metrics": "Test metrics",
@@ -69,6 +69,7 @@ def binary_eval(trained_run, tmp_path_factory):
     return out, evaluate(trained_run, out_dir=out, bootstrap=50, quiet=True)
 
 
+@pytest.mark.browser
 def test_binary_report(binary_eval, tmp_path):
     out, result = binary_eval
     html = out / "report.html"
@@ -92,6 +93,7 @@ def test_binary_report(binary_eval, tmp_path):
     assert shot.shape[0] > 2000 and shot.std() > 20  # a long page with pictures, not a blank one
 
 
+@pytest.mark.browser
 def test_five_class_report(fundus_run, tmp_path):
     evaluate(fundus_run, out_dir=tmp_path, bootstrap=50, quiet=True)
     html = tmp_path / "report.html"

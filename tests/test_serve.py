@@ -18,18 +18,20 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import ROOT, XRAY
-from dicom_files import dicom_bytes, xray_dicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import ROOT, XRAY
+from dicom_files import dicom_bytes, xray_dicom
 from medcls.assets import shipped_model
-from medcls.evaluation.ood_probes import synthetic_images
-from medcls.predict import Predictor
+from medcls.inference.predictor import Predictor
+from medcls.ood.probes import synthetic_images
 from medcls.serving.app import Predictions, image_result
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.server import load_app, model_id
+
+pytestmark = pytest.mark.data  # reads the real data sets directly
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 JPEG = XRAY / "test" / "NORMAL" / "IM-0001-0001.jpeg"
@@ -335,6 +337,7 @@ def test_serve_defaults_to_the_shipped_model():
     assert got["ood_score"] == want["ood_score"] is not None
 
 
+@pytest.mark.browser
 def test_web_page_in_chromium(server, client, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -388,6 +391,7 @@ def test_web_page_in_chromium(server, client, tmp_path):
             browser.close()
 
 
+@pytest.mark.browser
 def test_web_page_shows_the_heat_map_of_a_checkpoint(trained_run):
     from playwright.sync_api import sync_playwright
 

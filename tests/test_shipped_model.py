@@ -4,16 +4,17 @@ reproduces the figures its model card states (inference only)."""
 import json
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
-
 from medcls.assets import shipped_model
 from medcls.data.datasets import load_index
-from medcls.predict import Predictor
+from medcls.inference.predictor import Predictor
 
 CARD = ROOT / "benchmarks" / "results" / "shipped_model.json"
 
 
+@pytest.mark.slow
 def test_shipped_model_reproduces_its_card(xray_root):
     card = json.loads(CARD.read_text())
     predictor = Predictor.load(shipped_model())

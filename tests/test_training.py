@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from medcls.checkpoint import CheckpointError, load_checkpoint
+from medcls.api import evaluate
 from medcls.config import config_from_dict
 from medcls.data.prepared import prepare_data
-from medcls.evaluation.calibration import fit_temperature, nll
-from medcls.evaluation.evaluate import EvaluationError, evaluate
-from medcls.predict import Predictor
+from medcls.evaluation.evaluate import EvaluationError
+from medcls.inference.predictor import Predictor
+from medcls.metrics.calibration import fit_temperature, nll
+from medcls.models.checkpoint import CheckpointError, load_checkpoint
 
 
 def test_short_training_beats_chance(trained_run):

@@ -5,15 +5,15 @@ are checked before a single image is read."""
 import shutil
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from medcls.cli import main
 from medcls.config import ConfigError, load_config
+from medcls.config.checks import check_run_config
 from medcls.data.datasets import DataError
 from medcls.data.prepared import prepare_data
 from medcls.models import ARCHS
 from medcls.training.train import train
-from medcls.validation import check_run_config
 
 PRESET = ROOT / "configs" / "pneumonia-quick.yaml"
 

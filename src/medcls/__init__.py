@@ -1,34 +1,53 @@
 """medcls: train, evaluate, explain and serve CNNs for medical image classification.
 
-The public Python API mirrors the command line::
+The public Python API mirrors the command line, one function per command
+(:mod:`medcls.api`)::
 
-    from medcls import load_config, train, evaluate, Predictor
-    cfg = load_config("configs/pneumonia-quick.yaml", ["train.epochs=2"])
-    run = train(cfg)
-    metrics = evaluate(run)
-    rows, errors = Predictor.from_checkpoint(run / "model.pt").predict(["xray.jpeg"])
+    import medcls
+    cfg = medcls.load_config("configs/pneumonia-quick.yaml", ["train.epochs=2"])
+    run = medcls.train(cfg)
+    metrics = medcls.evaluate(run)
+    rows, errors = medcls.predict(["xray.jpeg"], model=run)
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from medcls.config import Config, load_config  # noqa: E402
+from medcls.core.version import __version__  # noqa: E402
+
+_API = ("inspect", "audit", "train", "resume", "evaluate", "predict", "explain", "report", "compare", "export",
+        "serve", "run")
+
+if TYPE_CHECKING:  # what editors and type checkers see; loaded on first use below
+    from medcls.api import (
+        audit,
+        compare,
+        evaluate,
+        explain,
+        export,
+        inspect,
+        predict,
+        report,
+        resume,
+        run,
+        serve,
+        train,
+    )
+    from medcls.inference.predictor import Predictor
 
 
 def __getattr__(name: str):
     # Heavy modules (torch, Lightning) load on first use, so `medcls --help` stays fast.
     import importlib
 
-    lazy = {
-        "train": ("medcls.training.train", "train"),
-        "evaluate": ("medcls.evaluation.evaluate", "evaluate"),
-        "Predictor": ("medcls.predict", "Predictor"),
-        "inspect_data": ("medcls.data.inspect", "inspect_data"),
-        "run_pipeline": ("medcls.pipeline", "run_pipeline"),
-    }
-    if name in lazy:
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(module), attr)
+    if name in _API:
+        return getattr(importlib.import_module("medcls.api"), name)
+    if name == "Predictor":
+        return importlib.import_module("medcls.inference.predictor").Predictor
     raise AttributeError(f"module 'medcls' has no attribute {name!r}")
 
 
-__all__ = ["Config", "load_config", "train", "evaluate", "Predictor", "inspect_data", "run_pipeline", "__version__"]
+__all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "evaluate",
+           "predict", "explain", "report", "compare", "export", "serve", "run"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medcls import __version__
+from medcls.core.version import __version__
 
 EXIT_USER_ERROR = 2
 COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights where the CPU has bf16 "
@@ -25,43 +25,55 @@ def _config(args):
     return load_config(args.config, overrides)
 
 
+def _tune_process(reuse_memory: bool = True) -> None:
+    """Process-wide settings are the entry point's to make (library code leaves them alone):
+    keep freed memory for reuse, as PyTorch allocates each batch's activations anew."""
+    from medcls.core.allocator import reuse_freed_memory
+
+    reuse_freed_memory(reuse_memory)
+
+
 def cmd_inspect(args) -> int:
-    from medcls.data.inspect import inspect_data
+    from medcls.api import inspect
 
     out = args.out or "runs/inspect"
-    inspect_data(args.data, args.dataset, out, audit=args.audit)
+    inspect(args.data, args.dataset, out, audit=args.audit)
     print(f"inspection written to {out}/ (inspection.json, samples.png)")
     return 0
 
 
 def cmd_audit(args) -> int:
-    from medcls.data.audit import audit_dataset
+    from medcls.api import audit
 
     out = args.out or "runs/audit"
-    audit_dataset(args.data, args.dataset, out, max_distance=args.max_distance)
+    audit(args.data, args.dataset, out, max_distance=args.max_distance)
     print(f"audit written to {out}/ (audit.csv: one row per image in a duplicate group; audit.json: counts)")
     return 0
 
 
 def cmd_train(args) -> int:
-    from medcls.training.train import train
+    from medcls.api import resume, train
 
     if args.resume:
         from medcls.config import ConfigError
-        from medcls.training.resume import resume
 
         if args.config or args.set or args.dataset:
             raise ConfigError("--resume continues the run with its own config.yaml; leave out --config/--set/--dataset")
+        _tune_process()
         run = resume(args.resume, data_root=args.data)
     else:
-        run = train(_config(args), run_dir=args.run_dir)
+        cfg = _config(args)
+        _tune_process(cfg.train.reuse_memory)
+        run = train(cfg, run_dir=args.run_dir)
     print(f"run folder: {run}  (model: {run / 'model.pt'})")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from medcls.evaluation.evaluate import evaluate, resolve_checkpoint
+    from medcls.api import evaluate
+    from medcls.evaluation.evaluate import resolve_checkpoint
 
+    _tune_process()
     evaluate(args.target, data_root=args.data, out_dir=args.out, bootstrap=args.bootstrap, ood=args.ood or ())
     print(f"evaluation written to {args.out or resolve_checkpoint(args.target)[1]}/")
     return 0
@@ -89,9 +101,10 @@ def cmd_predict(args) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from medcls.predict import predict_files
+    from medcls.api import explain, predict
 
-    rows, errors = predict_files(args.paths, args.model, args.out, compile=args.compile)
+    _tune_process()
+    rows, errors = predict(args.paths, args.model, args.out, compile=args.compile)
     console = Console()
     if rows:
         table = Table()
@@ -109,9 +122,7 @@ def cmd_predict(args) -> int:
     if args.out:
         print(f"{len(rows)} prediction(s) written to {args.out}")
     if args.explain and rows:
-        from medcls.explain.gradcam import explain_files
-
-        written = explain_files([r["path"] for r in rows], args.model, args.explain, args.cam, args.cam_layer)
+        written = explain([r["path"] for r in rows], args.model, args.explain, args.cam, args.cam_layer)
         print(f"{len(written)} heat-map overlay(s) written to {args.explain}")
     return 0 if rows or not errors else EXIT_USER_ERROR
 
@@ -120,10 +131,11 @@ def cmd_compare(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from medcls.evaluation.compare import compare_runs, format_value, markdown_table
-    from medcls.io import atomic_write_text
+    from medcls.api import compare
+    from medcls.core.io import atomic_write_text
+    from medcls.evaluation.compare import format_value, markdown_table
 
-    rows = compare_runs(args.runs)
+    rows = compare(args.runs)
     table = Table()
     for col in rows[0]:
         table.add_column(col, justify="left" if col in ("run", "arch") else "right")
@@ -136,18 +148,19 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from medcls.export import export_onnx
+    from medcls.api import export
 
-    result = export_onnx(args.checkpoint, args.out)
+    result = export(args.checkpoint, args.out)
     print(f"exported {result.path} (ONNX opset {result.opset}); max |ONNX - PyTorch| on a test batch: "
           f"logits {result.max_abs_diff_logits:.2e}, features {result.max_abs_diff_features:.2e}")
     return 0
 
 
 def cmd_serve(args) -> int:
+    from medcls.api import serve
     from medcls.serving.app import ServiceSettings
-    from medcls.serving.server import serve
 
+    _tune_process()
     serve(args.model, args.host, args.port, ServiceSettings(
         max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_files=args.max_files, max_batch=args.max_batch),
         compile=args.compile)
@@ -155,18 +168,19 @@ def cmd_serve(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from medcls.reporting.report import write_report
+    from medcls.api import report
 
-    summary = write_report(args.run, args.eval_dir, method=args.cam)
+    summary = report(args.run, args.eval_dir, method=args.cam)
     print(f"report written to {summary['html']}")
     return 0
 
 
 def cmd_run(args) -> int:
-    from medcls.pipeline import run_pipeline
+    from medcls.api import run as run_job
 
     cfg = _config(args)
-    run, result = run_pipeline(cfg)
+    _tune_process(cfg.train.reuse_memory)
+    run, result = run_job(cfg)
     m = result["metrics"]
     print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"run folder: {run}")
@@ -274,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from medcls.core.io import DISK_FULL
     from medcls.errors import USER_ERRORS
-    from medcls.io import DISK_FULL
 
     try:
         return args.fn(args)
@@ -283,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medcls {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:
-        if exc.errno not in DISK_FULL:  # a full disk met by a writer outside medcls.io (e.g. Lightning's log)
+        if exc.errno not in DISK_FULL:  # a full disk met by a writer outside medcls.core.io (e.g. Lightning's log)
             raise
         print(f"medcls {args.command}: error: no space left on device while writing {exc.filename or 'the run'}; "
               f"free some space and run again", file=sys.stderr)

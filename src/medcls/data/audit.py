@@ -35,12 +35,12 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from medcls.config import default_cache_dir
+from medcls.core.io import atomic_write_json, atomic_write_text
+from medcls.core.paths import default_cache_dir
 from medcls.data.cache import cache_key
 from medcls.data.datasets import DatasetIndex, load_index
 from medcls.data.images import ImageLoadError, load_image
 from medcls.data.split import components, merge_groups
-from medcls.io import atomic_write_json, atomic_write_text
 
 console = Console(stderr=True)
 

@@ -5,14 +5,17 @@ Active only in training mode; evaluation sees the images untouched."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcls.config import AugmentConfig
 from medcls.data.prepared import to_model_input
+
+if TYPE_CHECKING:
+    from medcls.config import AugmentConfig
 
 
 class BatchAugment(nn.Module):

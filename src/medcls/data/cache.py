@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
+from medcls.core.io import atomic_path, atomic_write_json, reserve_space
 from medcls.data.images import ImageLoadError, channels, load_image
-from medcls.io import atomic_path, atomic_write_json, reserve_space
 
 CACHE_VERSION = 1
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from medcls.core.registry import Registry
 from medcls.data.images import IMAGE_SUFFIXES
-from medcls.registry import Registry
 
 SPLITS = ("train", "val", "test")
 

@@ -3,7 +3,7 @@ modality transform (rescale slope/intercept or modality LUT) and the VOI
 transform (VOI LUT or window centre/width) a viewer would apply, MONOCHROME1
 is inverted so that bone is bright, and colour images come out as RGB.
 Multi-frame and non-image DICOM files are refused with a clear reason.
-Importing this module installs it as the DICOM reader of :mod:`medcls.data.images`."""
+:func:`medcls.data.images.open_image` calls :func:`read_dicom` for DICOM bytes."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from medcls.data.images import MAX_PIXELS, ImageLoadError, set_dicom_reader
-from medcls.messages import first_line
+from medcls.core.messages import first_line
+from medcls.data.decoding import MAX_PIXELS, ImageLoadError
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
@@ -86,6 +86,3 @@ def read_dicom(data: bytes, name: str) -> Image.Image:
     if unit.ndim != expected:
         raise ImageLoadError(name, f"DICOM pixel data has shape {unit.shape}, not one {photometric} frame")
     return Image.fromarray((unit * 255.0).round().astype(np.uint8))  # 2-D -> L, (H, W, 3) -> RGB
-
-
-set_dicom_reader(read_dicom)

@@ -6,27 +6,17 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Callable, Union
+from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medcls.data.decoding import MAX_PIXELS, ImageLoadError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
 COLOR_MODES = ("grayscale", "rgb")
-# Above this many pixels an image is refused (a "decompression bomb"): 200 MP
-# is far above any chest X-ray (about 3000 x 3000) or fundus photograph.
-MAX_PIXELS = 200_000_000
 
 Source = Union[str, Path, bytes]
-
-
-class ImageLoadError(ValueError):
-    """An input could not be read as an image; the message names it and says why."""
-
-    def __init__(self, source: str, reason: str):
-        self.source = source
-        self.reason = reason
-        super().__init__(f"cannot read image {source}: {reason}")
 
 
 def channels(color_mode: str) -> int:
@@ -78,16 +68,6 @@ def _normalise_mode(img: Image.Image, color_mode: str) -> Image.Image:
     return img.convert("L" if color_mode == "grayscale" else "RGB")
 
 
-DicomReader = Callable[[bytes, str], Image.Image]
-_dicom_reader: DicomReader | None = None
-
-
-def set_dicom_reader(reader: DicomReader) -> None:
-    """Install the DICOM decoder (the optional ``medcls.data.dicom`` module does this)."""
-    global _dicom_reader
-    _dicom_reader = reader
-
-
 def open_image(source: Source, draft: tuple[str, int] | None = None) -> Image.Image:
     """Open and fully decode an image (PIL formats or DICOM), EXIF orientation applied.
 
@@ -99,13 +79,13 @@ def open_image(source: Source, draft: tuple[str, int] | None = None) -> Image.Im
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
     if is_dicom(data):
-        if _dicom_reader is None:
-            try:
-                import medcls.data.dicom  # noqa: F401  (installs the reader)
-            except ImportError:
-                raise ImageLoadError(name, "is DICOM, but pydicom is not installed (pip install pydicom)") from None
-        assert _dicom_reader is not None
-        return _dicom_reader(data, name)
+        try:
+            from medcls.data.dicom import (
+                read_dicom,  # loads pydicom only when a DICOM file comes
+            )
+        except ImportError:
+            raise ImageLoadError(name, "is DICOM, but pydicom is not installed (pip install pydicom)") from None
+        return read_dicom(data, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -140,3 +120,16 @@ def load_image(source: Source, color_mode: str = "grayscale", size: int | None =
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image files (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out

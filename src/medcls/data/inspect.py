@@ -15,10 +15,10 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from medcls.core.io import atomic_path, atomic_write_json  # noqa: E402
 from medcls.data.audit import audit_index, summary_line  # noqa: E402
 from medcls.data.datasets import DatasetIndex, load_index  # noqa: E402
 from medcls.data.images import ImageLoadError, load_image  # noqa: E402
-from medcls.io import atomic_path, atomic_write_json  # noqa: E402
 
 console = Console(stderr=True)
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from medcls.config import DataConfig
 from medcls.data.audit import audit_index, deduplicate
 from medcls.data.cache import ImageCache, build_cache
 from medcls.data.datasets import SPLITS, DataError, DatasetIndex, load_index
 from medcls.data.split import Splits, limit_per_class, make_split, read_manifest
+
+if TYPE_CHECKING:
+    from medcls.config import DataConfig
 
 console = Console(stderr=True)
 

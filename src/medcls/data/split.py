@@ -16,8 +16,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from medcls.core.io import atomic_write_text
 from medcls.data.datasets import SPLITS, DataError, DatasetIndex, Sample
-from medcls.io import atomic_write_text
 
 Splits = dict[str, list[Sample]]
 MANIFEST_COLUMNS = ["path", "class", "label", "split", "group"]

@@ -12,19 +12,28 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
-from medcls.checkpoint import ModelInfo, load_checkpoint
 from medcls.config import config_from_dict
+from medcls.core.io import atomic_write_json
 from medcls.data.fingerprint import split_fingerprint
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.split import split_digest
 from medcls.evaluation import plots
-from medcls.evaluation.calibration import expected_calibration_error, nll
-from medcls.evaluation.metrics import binary_metrics, bootstrap_ci, multiclass_metrics, per_class_table
-from medcls.evaluation.ood_eval import evaluate_ood, print_ood
-from medcls.io import atomic_write_json
+from medcls.inference.predictor import (
+    Predictor,
+    decide,
+    prediction_rows,
+    write_predictions,
+)
+from medcls.metrics.calibration import expected_calibration_error, nll
+from medcls.metrics.classification import (
+    binary_metrics,
+    bootstrap_ci,
+    multiclass_metrics,
+    per_class_table,
+)
+from medcls.models.checkpoint import ModelInfo, load_checkpoint
 from medcls.models.inference import logits_to_probs
-from medcls.predict import Predictor, decide, prediction_rows, write_predictions
-from medcls.reporting.report import write_report
+from medcls.ood.evaluation import evaluate_ood, print_ood
 
 console = Console(stderr=True)
 
@@ -74,12 +83,12 @@ def checkpoint_data(ckpt: Path, info: ModelInfo, data_root: str | Path | None = 
     return data
 
 
-def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
+def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
              bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()) -> dict:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
 
-    Writes ``metrics.json``, ``predictions.csv``, PNG plots and ``report.html``
-    into ``out_dir`` (default: the run folder) and returns the metrics. ``ood``: folders
+    Writes ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir`` (default:
+    the run folder) and returns the metrics (:func:`medcls.api.evaluate` adds the report). ``ood``: folders
     of foreign images, reported with the fraction flagged out-of-distribution and the
     OOD AUROC against the test split.
     """
@@ -127,7 +136,6 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     plots.plot_pr(y, probs, info.classes, out / "pr.png")
     plots.plot_reliability(y, probs, out / "reliability.png")
     plots.plot_training_curves(run / "metrics.csv", out / "training_curves.png")
-    result["shortcut_check"] = write_report(run, out, result)["shortcut_check"]  # report.html, Grad-CAM
     atomic_write_json(out / "metrics.json", result)
     if not quiet:
         print_metrics(result)

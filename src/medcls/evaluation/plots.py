@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from medcls.io import atomic_path  # noqa: E402
+from medcls.core.io import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

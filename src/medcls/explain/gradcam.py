@@ -17,14 +17,17 @@ import torch
 from PIL import Image
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputTarget,
+)
 from torch import nn
 
+from medcls.core.io import atomic_path
 from medcls.data.images import Source, load_image
 from medcls.data.prepared import to_model_input
 from medcls.explain import DEFAULT_METHOD, METHOD_NAMES
-from medcls.io import atomic_path
-from medcls.predict import Predictor, decide
+from medcls.inference.predictor import Predictor, decide
 
 METHODS = dict(zip(METHOD_NAMES, (GradCAM, GradCAMPlusPlus)))
 _POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -120,7 +123,7 @@ class Explanation:
 
 
 class Explainer:
-    """Grad-CAM (or Grad-CAM++) heat maps for a :class:`~medcls.predict.Predictor`'s model."""
+    """Grad-CAM (or Grad-CAM++) heat maps for a :class:`~medcls.inference.predictor.Predictor`'s model."""
 
     def __init__(self, predictor: Predictor, method: str = DEFAULT_METHOD, layer: str | None = None,
                  batch_size: int = 16):

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from medcls.registry import Registry
+from medcls.core.registry import Registry
 
 ArchFn = Callable[..., nn.Module]
 ARCHS: Registry[ArchFn] = Registry("architecture")

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcls.messages import first_line
+from medcls.core.messages import first_line
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
 

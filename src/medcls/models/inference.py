@@ -65,17 +65,32 @@ def head_layer(net: torch.nn.Module) -> torch.nn.Linear:
 class WithFeatures(torch.nn.Module):
     """Wraps a classifier to return ``(logits, features)``, where features are the
     penultimate activations (the input of the final linear layer). Used for
-    out-of-distribution scores and exported as a second ONNX output."""
+    out-of-distribution scores and exported as a second ONNX output.
+
+    The tap is a forward hook on ``net``'s head, there while the wrapper is open:
+    :meth:`remove_taps` (or leaving a ``with`` block) hands ``net`` back untouched."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
         self._head = head_layer(net)
         self._features: torch.Tensor | None = None
-        self._head.register_forward_pre_hook(self._keep)
+        self._handles = [self._head.register_forward_pre_hook(self._keep)]
 
     def _keep(self, module, inputs):
         self._features = inputs[0]
+
+    def remove_taps(self) -> None:
+        """Remove every hook this wrapper put on ``net`` (the wrapper cannot run after)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "WithFeatures":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove_taps()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)

@@ -20,12 +20,17 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from PIL import Image
 
+from medcls.core.io import atomic_write_json, atomic_write_text
 from medcls.data.images import ImageLoadError, load_image
 from medcls.explain import DEFAULT_METHOD
 from medcls.explain.gradcam import Explainer, overlay, overlay_names, save_png
-from medcls.explain.shortcut import default_region, outside_fraction, region_mask, summarize
-from medcls.io import atomic_write_json, atomic_write_text
-from medcls.predict import Predictor
+from medcls.explain.shortcut import (
+    default_region,
+    outside_fraction,
+    region_mask,
+    summarize,
+)
+from medcls.inference.predictor import Predictor
 
 THUMBNAIL = 320  # longest side of embedded overlays, px
 

@@ -1,4 +1,4 @@
-"""The web service: a FastAPI app around one :class:`~medcls.predict.Predictor`.
+"""The web service: a FastAPI app around one :class:`~medcls.inference.predictor.Predictor`.
 
 ``POST /v1/predict`` takes images (JPEG, PNG, DICOM, ...) as the repeatable
 multipart field ``file`` and returns, per image, the class, the calibrated
@@ -30,11 +30,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from medcls import __version__
-from medcls.checkpoint import checkpoint_summary
+from medcls.core.version import __version__
 from medcls.data.images import ImageLoadError, load_image
 from medcls.explain.gradcam import Explainer
-from medcls.predict import Predictor
+from medcls.inference.predictor import Predictor
+from medcls.models.checkpoint import checkpoint_summary
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.limits import BodyLimit, UploadTooLarge
 

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from medcls.explain.gradcam import Explainer
-from medcls.predict import Predictor
+from medcls.inference.predictor import Predictor
 from medcls.serving.app import ServiceSettings, create_app
 
 
@@ -44,6 +44,10 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     import uvicorn
 
     sys.setswitchinterval(0.0005)
+    if compile:
+        import torch
+
+        torch.set_num_threads(1)  # compiled kernels take it at compile time: one run per core (see load_app)
     app = load_app(model, settings, compile)
     print(f"medcls: serving {model or 'the shipped model'} at http://{host}:{port}/ (API docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

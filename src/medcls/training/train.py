@@ -16,26 +16,34 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint,
-                                         RichProgressBar)
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 
-from medcls.allocator import reuse_freed_memory
-from medcls.checkpoint import ModelInfo, save_checkpoint
 from medcls.config import Config, save_config
+from medcls.config.checks import check_run_config
+from medcls.core.io import atomic_write_json
 from medcls.data.fingerprint import data_fingerprint, file_sha256
 from medcls.data.prepared import PreparedData, make_loader, prepare_data
 from medcls.data.split import split_digest, write_manifest
-from medcls.evaluation.calibration import fit_temperature
-from medcls.evaluation.ood import fit_ood
-from medcls.evaluation.threshold import choose_threshold
-from medcls.io import atomic_write_json
+from medcls.metrics.calibration import fit_temperature
+from medcls.metrics.threshold import choose_threshold
 from medcls.models import build_model
+from medcls.models.checkpoint import ModelInfo, save_checkpoint
 from medcls.models.inference import batch_logits, logits_to_probs
+from medcls.ood.detector import fit_ood
+from medcls.training.checkpointing import (
+    AtomicCheckpointIO,
+    ExactResume,
+    carry_over_log,
+)
 from medcls.training.module import LitClassifier
-from medcls.training.resume import AtomicCheckpointIO, ExactResume, carry_over_log
-from medcls.validation import check_run_config
 
 console = Console(stderr=True)
 
@@ -93,7 +101,7 @@ def environment() -> dict:
     import lightning
     import torchvision
 
-    from medcls import __version__
+    from medcls.core.version import __version__
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -143,7 +151,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    reuse_freed_memory(tcfg.reuse_memory)
     data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
     if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
         run_dir = os.environ["MEDCLS_RUN_DIR"]

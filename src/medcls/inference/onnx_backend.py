@@ -1,19 +1,19 @@
 """An exported ONNX model file run with ONNX Runtime. The file is self-contained:
 its graph takes uint8 ``(N, H, W, C)`` images and returns ``logits`` and the
-``features`` of :class:`~medcls.evaluation.ood.OODFeatures`; its :class:`ModelInfo` (classes, threshold,
+``features`` of :class:`~medcls.ood.detector.OODFeatures`; its :class:`ModelInfo` (classes, threshold,
 temperature, size, colour mode, ...) is JSON in the metadata under ``medcls``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from medcls.checkpoint import CheckpointError, ModelInfo
-from medcls.messages import first_line
+from medcls.core.messages import first_line
+from medcls.inference.backend import parallel_runs
+from medcls.models.checkpoint import CheckpointError, ModelInfo
 
 METADATA_KEY = "medcls"
 INPUT_NAME = "image"
@@ -22,17 +22,11 @@ OUTPUT_NAMES = ("logits", "features")
 
 def info_metadata(info: ModelInfo) -> dict[str, str]:
     """The ONNX ``metadata_props`` entries that make an exported file self-contained."""
-    from medcls import __version__
+    from medcls.core.version import __version__
 
     # Tensors in extras (the OOD detector's state) are stored as nested lists.
     return {METADATA_KEY: json.dumps({"medcls_version": __version__, "info": dataclasses.asdict(info)},
                                      default=lambda o: o.tolist())}
-
-
-def parallel_runs(threads: int | None) -> int:
-    """Runs of a backend with ``threads`` threads each that fit side by side on this machine:
-    one per core for single-threaded runs, else one (None: a run spreads over all cores itself)."""
-    return max(1, (os.cpu_count() or 1) // threads) if threads else 1
 
 
 class OnnxBackend:

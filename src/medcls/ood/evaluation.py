@@ -5,20 +5,32 @@ the OOD score (test images negative, foreign images positive)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
-from medcls.predict import Predictor, expand_paths
+from medcls.data.images import Source, expand_paths
+
+if TYPE_CHECKING:
+    from medcls.ood.detector import OODDetector
 
 console = Console(stderr=True)
 
 
 class OODEvaluationError(ValueError):
     """Foreign folders were given but cannot be scored (no detector, no images)."""
+
+
+class ScoresImages(Protocol):
+    """What OOD evaluation needs of a model (a :class:`~medcls.inference.predictor.Predictor` is one)."""
+
+    ood: OODDetector
+    classes: list[str]
+
+    def predict(self, sources: Iterable[Source]) -> tuple[list[dict], dict[str, str]]: ...
 
 
 def separation(test_scores: np.ndarray, foreign_scores: np.ndarray, threshold: float) -> dict:
@@ -28,7 +40,7 @@ def separation(test_scores: np.ndarray, foreign_scores: np.ndarray, threshold: f
             "auroc": float(roc_auc_score(y, np.r_[test_scores, foreign_scores]))}
 
 
-def evaluate_ood(predictor: Predictor, test_scores: np.ndarray, folders: Sequence[str | Path] = (),
+def evaluate_ood(predictor: ScoresImages, test_scores: np.ndarray, folders: Sequence[str | Path] = (),
                  labels: np.ndarray | None = None, correct: np.ndarray | None = None) -> dict:
     """The OOD section of an evaluation: test images flagged (per class too, given their
     ``labels``; with ``correct``, whether each prediction was right, the accuracy of flagged and

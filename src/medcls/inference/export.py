@@ -1,9 +1,9 @@
 """Export a checkpoint to one self-contained ONNX file and prove it computes what
 PyTorch computes. The graph includes the uint8 -> float input conversion and
 the normalisation, returns the logits and the features the out-of-distribution
-detector reads (:class:`~medcls.evaluation.ood.OODFeatures`: channel means at each
+detector reads (:class:`~medcls.ood.detector.OODFeatures`: channel means at each
 scale, then the penultimate activations), takes any batch size, and carries the model's
-:class:`~medcls.checkpoint.ModelInfo` as JSON metadata."""
+:class:`~medcls.models.checkpoint.ModelInfo` as JSON metadata."""
 
 from __future__ import annotations
 
@@ -14,12 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcls.checkpoint import load_checkpoint
+from medcls.core.io import atomic_path
 from medcls.data.prepared import to_model_input
-from medcls.io import atomic_path
-from medcls.evaluation.ood import OODFeatures
+from medcls.inference.onnx_backend import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    info_metadata,
+    load_onnx,
+)
+from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import tta_views
-from medcls.onnx_model import INPUT_NAME, OUTPUT_NAMES, info_metadata, load_onnx
+from medcls.ood.detector import OODFeatures
 
 OPSET = 20
 # Largest accepted |ONNX - PyTorch| difference, relative to the output's own

@@ -20,7 +20,9 @@ def choose_threshold(y_true: np.ndarray, p_pos: np.ndarray, rule: str, target_se
         return float(fixed), f"fixed threshold {fixed}"
     if len(np.unique(y_true)) < 2:
         return 0.5, "validation has one class only: default threshold 0.5"
-    fpr, tpr, thr = roc_curve(y_true, p_pos)
+    # Every distinct score is a candidate: sklearn's default drops collinear points,
+    # which can hide the highest threshold that reaches a target sensitivity.
+    fpr, tpr, thr = roc_curve(y_true, p_pos, drop_intermediate=False)
     thr = np.clip(thr, 0.0, 1.0)  # sklearn's first threshold is +inf
     if rule == "youden":
         i = int(np.argmax(tpr - fpr))

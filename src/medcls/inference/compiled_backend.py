@@ -13,10 +13,10 @@ import logging
 import numpy as np
 import torch
 
-from medcls.checkpoint import ModelInfo
-from medcls.export import InferenceGraph
-from medcls.messages import first_line
-from medcls.onnx_model import parallel_runs
+from medcls.core.messages import first_line
+from medcls.inference.backend import parallel_runs
+from medcls.inference.export import InferenceGraph
+from medcls.models.checkpoint import ModelInfo
 
 
 class CompileError(RuntimeError):
@@ -30,14 +30,15 @@ def bf16_supported() -> bool:
 
 class CompiledBackend:
     """Runs the compiled inference graph on uint8 images, in batches (the interface of
-    :class:`~medcls.onnx_model.OnnxBackend`). Each new batch shape compiles once (seconds):
-    full batches, and calls of fewer images than one batch (e.g. the service's single images)."""
+    :class:`~medcls.inference.onnx_backend.OnnxBackend`). Each new batch shape compiles once (seconds):
+    full batches, and calls of fewer images than one batch (e.g. the service's single images).
+
+    ``threads``: the torch threads per run that the entry point set (``torch.set_num_threads``,
+    read by the compiled kernels at compile time), for :attr:`parallel_runs`."""
 
     name = "pytorch-compiled"
 
     def __init__(self, net: torch.nn.Module, info: ModelInfo, batch_size: int = 32, threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)  # process-wide: the compiled kernels take it at compile time
         self.batch_size = batch_size
         self.parallel_runs = parallel_runs(threads)
         self.dtype = torch.bfloat16 if bf16_supported() else torch.float32

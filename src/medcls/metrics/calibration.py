@@ -19,7 +19,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 minimising validation NLL of ``logits / T``."""
     z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels)
+    y = torch.as_tensor(labels, dtype=torch.int64)  # cross_entropy wants int64 targets
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 

@@ -7,7 +7,7 @@ was about 40% of the seed CNN's training step on a 2-core CPU (``benchmarks/roof
 measures the step with and without). Turning ``mmap`` off and trimming off keeps the
 memory of the previous step for the next one, at the cost of the process holding on to
 its peak memory until it exits. Training (``train.reuse_memory``) and the
-:class:`~medcls.predict.Predictor`'s PyTorch backends turn it on.
+:class:`~medcls.inference.predictor.Predictor`'s PyTorch backends turn it on.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from medcls.io import atomic_torch_save
-from medcls.messages import first_line
+from medcls.core.io import atomic_torch_save
+from medcls.core.messages import first_line
 from medcls.models import ImageClassifier, build_model
 
 FORMAT = "medcls-checkpoint"
@@ -98,7 +98,7 @@ def content_digest(obj: Any) -> str:
 
 def save_checkpoint(path: str | Path, net: torch.nn.Module, info: ModelInfo) -> Path:
     """Write ``net``'s weights and ``info`` to ``path`` atomically, with their SHA-256."""
-    from medcls import __version__
+    from medcls.core.version import __version__
 
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "medcls_version": __version__,
                "info": dataclasses.asdict(info),

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import yaml
 
+from medcls.core.paths import default_cache_dir
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type or out of range."""
@@ -25,11 +27,6 @@ class ConfigError(ValueError):
 def default_data_root() -> str:
     """The chest X-ray data: ``$MEDCLS_DATA`` if set, else ``../shared/data/chest_xray``."""
     return os.environ.get("MEDCLS_DATA", "../shared/data/chest_xray")
-
-
-def default_cache_dir() -> str:
-    """Where decoded-image caches live: ``$MEDCLS_CACHE`` or ``~/.cache/medcls``."""
-    return os.environ.get("MEDCLS_CACHE", str(Path.home() / ".cache" / "medcls"))
 
 
 @dataclass
@@ -88,7 +85,9 @@ class TrainConfig:
     early_stopping_patience: int = 5  # 0 = off
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     channels_last: bool = True  # NHWC: oneDNN's fast path for convolutions on CPU
-    reuse_memory: bool = True  # keep freed memory for the next step (glibc): no page faults per step
+    # keep freed memory for the next step (glibc): no page faults per step; applied by the entry point
+    # (`medcls train` / `run`, medcls.core.allocator): library calls leave malloc alone
+    reuse_memory: bool = True
     # fused CPU training kernels (medcls.models.fused): ReLU + 2x2 max-pool (bit-identical), and the
     # first 3x3 convolution with them (its output never stored; float32 weight gradient)
     fuse_relu_maxpool: bool = True
@@ -111,7 +110,7 @@ class EvalConfig:
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
-    ood_method: str = "mahalanobis-multiscale"  # out-of-distribution score (see medcls.evaluation.ood.METHODS)
+    ood_method: str = "mahalanobis-multiscale"  # out-of-distribution score (see medcls.ood.detector.METHODS)
     ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
     # fit the OOD Gaussians on augmented copies of the training images too (the training augmentation)
     ood_augmented: bool = False
@@ -283,6 +282,6 @@ def config_from_dict(values: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from medcls.io import atomic_write_text
+    from medcls.core.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -16,10 +16,10 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from medcls.config import Config, ConfigError
+from medcls.core.messages import first_line
+from medcls.core.registry import Registry
 from medcls.data.datasets import DATASETS
-from medcls.messages import first_line
 from medcls.models import ARCHS, build_model
-from medcls.registry import Registry
 
 # The metrics LitClassifier logs each epoch (what train.monitor may name).
 MONITORS = ("val_auc", "val_loss", "val_acc", "val_qwk", "train_loss", "train_acc")  # val_qwk: multi-class only

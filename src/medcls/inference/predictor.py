@@ -15,13 +15,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from medcls.allocator import reuse_freed_memory
-from medcls.checkpoint import CheckpointError, ModelInfo, load_checkpoint
-from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, load_image
-from medcls.evaluation.ood import OODDetector, OODFeatures, logits_and_features, ood_columns
-from medcls.io import atomic_write_text
-from medcls.models.inference import batch_logits, logits_to_probs
-from medcls.onnx_model import OnnxBackend, load_onnx
+from medcls.core.io import atomic_write_text
+from medcls.data.images import ImageLoadError, Source, expand_paths, load_image
+from medcls.inference.backend import Backend
+from medcls.inference.onnx_backend import load_onnx
+from medcls.inference.torch_backend import TorchBackend
+from medcls.models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
+from medcls.models.inference import logits_to_probs
+from medcls.ood.detector import OODDetector, ood_columns
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -41,45 +42,30 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo,
             for name, k, row, ood in zip(names, labels, probs, ood_columns(ood_scores, info, len(names)))]
 
 
-class TorchBackend:
-    """Runs a PyTorch network on uint8 images, in batches."""
-
-    name = "pytorch"
-
-    def __init__(self, net: torch.nn.Module, batch_size: int = 32, tta: bool = False):
-        self.net, self.batch_size, self.tta = net.eval(), batch_size, tta
-
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return batch_logits(self.net, images, self.batch_size, tta=self.tta)
-
-
 class Predictor:
     """A loaded model that turns images (paths or bytes) into calibrated predictions.
 
-    ``model`` is a PyTorch network or a backend with ``.logits(images)`` (e.g.
-    :class:`~medcls.onnx_model.OnnxBackend`); :meth:`load` picks by file suffix.
+    ``model`` is a PyTorch network or a :class:`~medcls.inference.backend.Backend` (e.g.
+    :class:`~medcls.inference.onnx_backend.OnnxBackend`); :meth:`load` picks by file suffix.
     """
 
-    def __init__(self, model: torch.nn.Module | OnnxBackend, info: ModelInfo, batch_size: int = 32):
-        self.backend = (TorchBackend(model, batch_size, info.tta) if isinstance(model, torch.nn.Module) else model)
+    def __init__(self, model: torch.nn.Module | Backend, info: ModelInfo, batch_size: int = 32):
+        self.backend: Backend = (TorchBackend(model, info.image_size, info.in_channels, batch_size, info.tta)
+                                 if isinstance(model, torch.nn.Module) else model)
         self.net = getattr(self.backend, "net", None)  # the PyTorch network; None for ONNX
-        if not isinstance(self.backend, OnnxBackend):
-            reuse_freed_memory()  # PyTorch allocates each batch's activations anew (ONNX Runtime has an arena)
         self.info, self.batch_size = info, batch_size
         self.ood = OODDetector.from_info(info)
-        if self.ood is not None and self.net is None and getattr(self.backend, "feature_width", None) != sum(
-                self.ood.blocks):
+        if self.ood is not None and self.net is None and self.backend.feature_width != sum(self.ood.blocks):
             self.ood = None  # an ONNX file exported before its graph carried the detector's features
-        self._features = OODFeatures(self.net, info.image_size, info.in_channels) if self.ood and self.net else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, batch_size: int = 32, compile: bool = False,
                         threads: int | None = None) -> "Predictor":
-        """A checkpoint on PyTorch; ``compile``: through :class:`~medcls.compiled_model.CompiledBackend`
+        """A checkpoint on PyTorch; ``compile``: through :class:`~medcls.inference.compiled_backend.CompiledBackend`
         (bf16, TorchInductor; ``threads`` torch threads per run, None: torch's choice)."""
         net, info = load_checkpoint(path)
         if compile:
-            from medcls.compiled_model import CompiledBackend
+            from medcls.inference.compiled_backend import CompiledBackend
 
             return cls(CompiledBackend(net, info, batch_size, threads), info, batch_size)
         return cls(net, info, batch_size)
@@ -118,11 +104,7 @@ class Predictor:
         """Logits and OOD scores (None without a detector) of preprocessed uint8 images."""
         if self.ood is None:
             return self.logits(images), None
-        # One pass gives both; with TTA the logits are the averaged ones (in the ONNX graph too).
-        if self._features is None:
-            logits, features = self.backend.outputs(images)
-        else:
-            logits, features = logits_and_features(self._features, images, self.batch_size, tta=self.info.tta)
+        logits, features = self.backend.outputs(images)
         return logits, self.ood.score(features, logits)
 
     def predict_rows(self, images: np.ndarray, names: Sequence[str]) -> list[dict]:
@@ -145,19 +127,6 @@ class Predictor:
         if not arrays:
             return [], errors
         return self.predict_rows(np.stack(arrays), kept), errors
-
-
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for image files (sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
-    return out
 
 
 def predictions_text(rows: list[dict], fmt: str) -> str:

@@ -1,0 +1,122 @@
+"""The public Python API: one function per ``medcls`` command, with the same name and
+arguments, so a notebook does what the command line does. The command line
+(:mod:`medcls.cli`) only parses arguments, calls these and prints their results.
+
+Each function imports its layer when called: ``import medcls`` stays light."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+
+if TYPE_CHECKING:
+    from medcls.config import Config
+    from medcls.data.audit import Audit
+    from medcls.inference.export import ExportResult
+    from medcls.serving.app import ServiceSettings
+
+
+def inspect(data: str | Path, dataset: str = "pneumonia", out: str | Path | None = "runs/inspect",
+            audit: Optional[bool] = None, quiet: bool = False) -> dict:
+    """Sizes, colour modes, counts, imbalance and a sample grid of a data set, written to ``out``."""
+    from medcls.data.inspect import inspect_data
+
+    return inspect_data(data, dataset, out, quiet=quiet, audit=audit)
+
+
+def audit(data: str | Path, dataset: str = "class-folders", out: str | Path | None = "runs/audit",
+          max_distance: Optional[int] = None, quiet: bool = False) -> Audit:
+    """Exact and near duplicates and label conflicts of a data set (``audit.csv``, ``audit.json`` in ``out``)."""
+    from medcls.data.audit import audit_dataset
+
+    return audit_dataset(data, dataset, out, max_distance=max_distance, quiet=quiet)
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> Path:
+    """Train a model as ``cfg`` says (then calibrate it on validation); returns the run folder."""
+    from medcls.training.train import train as fit
+
+    return fit(cfg, run_dir, quiet=quiet)
+
+
+def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = False) -> Path:
+    """Continue the interrupted training run ``run`` from its last checkpoint; returns the run folder."""
+    from medcls.training.resume import resume as continue_run
+
+    return continue_run(run, data_root, quiet=quiet)
+
+
+def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
+             bootstrap: Optional[int] = None, quiet: bool = False, ood: Sequence[str | Path] = (),
+             report: bool = True) -> dict:
+    """Evaluate a run (or checkpoint) once on its test split: ``metrics.json``, ``predictions.csv``,
+    plots and, with ``report``, ``report.html`` (whose shortcut check joins ``metrics.json``)."""
+    from medcls.core.io import atomic_write_json
+    from medcls.evaluation.evaluate import evaluate_model, resolve_checkpoint
+    from medcls.reporting.report import write_report
+
+    result = evaluate_model(target, data_root, out_dir, bootstrap, quiet, ood)
+    if report:
+        run = resolve_checkpoint(target)[1]
+        out = Path(out_dir) if out_dir else run
+        result["shortcut_check"] = write_report(run, out, result)["shortcut_check"]
+        atomic_write_json(out / "metrics.json", result)
+    return result
+
+
+def predict(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None,
+            compile: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """Predict image files and folders (default model: the shipped one); returns (rows, {file: error})."""
+    from medcls.inference.predictor import predict_files
+
+    return predict_files(paths, model, out, compile=compile)
+
+
+def explain(paths: Sequence[str | Path], model: str | Path | None, out_dir: str | Path, method: str = "gradcam++",
+            layer: Optional[str] = None) -> list[Path]:
+    """A heat-map overlay PNG per image in ``out_dir``; returns the files written."""
+    from medcls.explain.gradcam import explain_files
+
+    return explain_files(paths, model, out_dir, method, layer)
+
+
+def report(run: str | Path, eval_dir: str | Path | None = None, method: str = "gradcam++") -> dict:
+    """One self-contained ``report.html`` of an evaluated run; returns ``report.json``'s content."""
+    from medcls.reporting.report import write_report
+
+    return write_report(run, eval_dir, method=method)
+
+
+def compare(runs: Sequence[str | Path]) -> list[dict]:
+    """Runs side by side: metrics, size and cost, one row per run."""
+    from medcls.evaluation.compare import compare_runs
+
+    return compare_runs(list(runs))
+
+
+def export(checkpoint: str | Path, out: str | Path | None = None) -> ExportResult:
+    """Export a checkpoint to one ONNX file, verified against PyTorch."""
+    from medcls.inference.export import export_onnx
+
+    return export_onnx(checkpoint, out)
+
+
+def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+          settings: Optional[ServiceSettings] = None, compile: bool = False) -> None:
+    """Run the web service and page for ``model`` until interrupted."""
+    from medcls.serving.server import serve as run_server
+
+    run_server(model, host, port, settings, compile=compile)
+
+
+def run(cfg: Config, quiet: bool = False) -> tuple[Path, dict]:
+    """The main job: inspect -> train -> evaluate once on test (with report), in one run folder;
+    returns (run folder, metrics)."""
+    from medcls.config.checks import check_run_config
+    from medcls.training.train import new_run_dir
+
+    check_run_config(cfg)  # before the run folder and the inspection exist
+    folder = new_run_dir(cfg)
+    inspect(cfg.data.root, cfg.data.dataset, folder / "inspection", quiet=quiet)
+    train(cfg, folder, quiet=quiet)
+    return folder, evaluate(folder, quiet=quiet)
