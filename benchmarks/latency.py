@@ -26,7 +26,7 @@ def measure(predictor, data: bytes, repeats: int, warmup: int) -> dict:
     for i in range(warmup + repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         rows, _ = predictor.predict([data], names=["image"])
-        json.dumps(rows[0])
+        json.dumps(rows[0].row())
         t1, c1 = time.perf_counter(), time.process_time()
         predictor.preprocess(data)
         t2 = time.perf_counter()

@@ -75,7 +75,7 @@ def flag_cost(run: Path, images: np.ndarray, files: list[Path], repeats: int, sc
     torch.set_num_threads(1)
     threadpool_limits(1)  # numpy's BLAS too
     plain_net, plain_info = load_checkpoint(run)
-    plain_info.extras = {k: v for k, v in plain_info.extras.items() if k != "ood"}
+    plain_info.ood = None
     plain, flagged = Predictor(plain_net, plain_info), Predictor.from_checkpoint(run)
     out = {"n_images": len(images), "n_files": len(files), "repeats": repeats, "threads": 1}
     for name, plain_fn, flag_fn in [

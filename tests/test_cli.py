@@ -66,3 +66,19 @@ def test_predict_reports_unreadable_files(trained_run, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     res = _cli("predict", str(tmp_path / "broken.png"), "-m", str(trained_run))
     assert res.returncode == 2 and "broken.png" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_every_command_is_a_public_function():
+    """Library first, CLI thin: each command has a function of the same name in medcls.api, exported by
+    ``import medcls`` (which stays light: torch loads on first use)."""
+    import inspect as pyinspect
+
+    import medcls
+    from medcls import api
+    from medcls.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    functions = {name for name, f in vars(api).items() if pyinspect.isfunction(f) and f.__module__ == api.__name__}
+    assert commands <= functions and functions <= set(medcls.__all__)
+    code = "import sys, medcls; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

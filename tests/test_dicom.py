@@ -93,5 +93,5 @@ def test_real_xray_as_dicom_predicts_like_the_same_pixels(xray_root, trained_run
     png = io.BytesIO()
     Image.fromarray(gray).save(png, "PNG")
     [want], _ = Predictor.from_checkpoint(trained_run).predict([png.getvalue()])
-    assert row["path"].endswith(".dcm") and row["prediction"] == want["prediction"]
-    assert row["p_PNEUMONIA"] == pytest.approx(want["p_PNEUMONIA"], abs=1e-6)
+    assert row["path"].endswith(".dcm") and row["prediction"] == want.prediction
+    assert row["p_PNEUMONIA"] == pytest.approx(want.probabilities["PNEUMONIA"], abs=1e-6)

@@ -27,9 +27,9 @@ def test_onnx_file_is_self_contained(trained_run, trained_onnx):
     _, info = load_checkpoint(trained_run)
     assert meta["info"]["classes"] == ["NORMAL", "PNEUMONIA"]
     _, onnx_info = load_onnx(trained_onnx)
-    # threshold, temperature, size, colour mode, normalisation, ... (extras' tensors become lists)
-    assert dataclasses.replace(onnx_info, extras={}) == dataclasses.replace(info, extras={})
-    assert onnx_info.extras.keys() == info.extras.keys()
+    # threshold, temperature, size, colour mode, normalisation, ... (the OOD state's tensors become lists)
+    assert dataclasses.replace(onnx_info, ood=None) == dataclasses.replace(info, ood=None)
+    assert onnx_info.ood.threshold == info.ood.threshold and onnx_info.ood.blocks == info.ood.blocks
     assert [o.name for o in model.graph.output] == ["logits", "features"]
     batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_axis.dim_param and not batch_axis.dim_value  # dynamic batch
@@ -53,12 +53,12 @@ def test_onnx_outputs_equal_pytorch_on_real_images(trained_run, trained_onnx, xr
     assert np.abs(features - want_features.numpy()).max() < 1e-3
     rows_torch, _ = torch_predictor.predict(files)
     rows_onnx, _ = onnx_predictor.predict(files)
-    assert [r["prediction"] for r in rows_onnx] == [r["prediction"] for r in rows_torch]
-    assert onnx_predictor.ood is not None and all(r["ood_score"] is not None for r in rows_onnx)
+    assert [r.prediction for r in rows_onnx] == [r.prediction for r in rows_torch]
+    assert onnx_predictor.ood is not None and all(r.ood_score is not None for r in rows_onnx)
     for a, b in zip(rows_onnx, rows_torch):
-        assert a["path"] == b["path"] and a["p_PNEUMONIA"] == pytest.approx(b["p_PNEUMONIA"], abs=1e-5)
-        assert a["ood_score"] == pytest.approx(b["ood_score"], rel=1e-3, abs=1e-3)
-        assert a["in_distribution"] == b["in_distribution"]
+        assert a.path == b.path and a.probabilities["PNEUMONIA"] == pytest.approx(b.probabilities["PNEUMONIA"], abs=1e-5)
+        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3, abs=1e-3)
+        assert a.in_distribution == b.in_distribution
     single, _ = onnx_predictor.predict([files[0]])
     assert single[0] == rows_onnx[0]
 

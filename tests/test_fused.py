@@ -170,5 +170,6 @@ def test_without_a_compiler_pytorch_ops_take_over(tmp_path):
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "/bin/false"}  # a fresh build dir, no compiler
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert res.stdout.split() == ["True", "None"]
-    messages = [line for line in res.stderr.splitlines() if line.startswith("medcls:")]
+    # one warning, through logging (Python's last-resort handler prints it where nothing is configured)
+    messages = [line for line in res.stderr.splitlines() if "kernels unavailable" in line]
     assert len(messages) == 1 and "fused training kernels unavailable, using PyTorch's ops" in messages[0]

@@ -9,6 +9,7 @@ import torch
 
 from conftest import FUNDUS, ROOT, quick_overrides
 from medcls.api import evaluate
+from medcls.assets import shipped_model
 from medcls.cli import main
 from medcls.config import AugmentConfig, ConfigError, config_from_dict, load_config
 from medcls.data.augment import augmented_copies
@@ -65,7 +66,7 @@ def synthetic_folder(tmp_path_factory):
 def flagged(predictor: Predictor, sources) -> float:
     rows, errors = predictor.predict(list(sources), [str(i) for i in range(len(sources))])
     assert not errors
-    return float(np.mean([not r["in_distribution"] for r in rows]))
+    return float(np.mean([not r.in_distribution for r in rows]))
 
 
 def png(img) -> bytes:
@@ -76,7 +77,8 @@ def png(img) -> bytes:
 
 def test_detector_is_stored_and_reloaded_exactly(trained_run, run_data):
     payload = torch.load(trained_run / "model.pt", map_location="cpu", weights_only=True)
-    state = payload["info"]["extras"]["ood"]
+    assert payload["format_version"] == 2
+    state = payload["info"]["ood"]
     assert state["method"] == "mahalanobis-multiscale" and state["flag_rate"] == 0.05
     # seed-cnn at 64 px with "same" padding: channel means at 64, 32, 16, 8, 4 and 2 px, then Dense 64
     assert state["blocks"] == [32, 64, 64, 128, 256, 256, 64] and len(state["gaussians"]) == 7
@@ -152,10 +154,10 @@ def test_prediction_rows_carry_the_flag(trained_run, xray_root):
     xray = xray_root / "test" / "NORMAL" / "IM-0001-0001.jpeg"
     rows, errors = Predictor.from_checkpoint(trained_run).predict(
         [xray, png(synthetic_images("flat", 1)[0])], ["xray", "flat"])
-    assert not errors and [list(r) for r in rows] == [COLUMNS, COLUMNS]
+    assert not errors and [list(r.row()) for r in rows] == [COLUMNS, COLUMNS]
     flat = rows[1]
-    assert flat["in_distribution"] is False and flat["ood_score"] > rows[0]["ood_score"]
-    assert flat["p_NORMAL"] + flat["p_PNEUMONIA"] == pytest.approx(1)  # still shown
+    assert flat.in_distribution is False and flat.ood_score > rows[0].ood_score
+    assert flat.probabilities["NORMAL"] + flat.probabilities["PNEUMONIA"] == pytest.approx(1)  # still shown
 
 
 def test_cli_predict_marks_foreign_images_untrusted(trained_run, synthetic_folder, tmp_path, capsys):
@@ -171,8 +173,8 @@ def test_cli_predict_marks_foreign_images_untrusted(trained_run, synthetic_folde
 def test_evaluate_reports_foreign_folders(trained_run, fundus_folder, synthetic_folder, tmp_path):
     result = evaluate(trained_run, out_dir=tmp_path, bootstrap=0, quiet=True,
                       ood=[fundus_folder, synthetic_folder])
-    ood = result["ood"]
-    assert ood["method"] == "mahalanobis-multiscale" and ood["test"]["n"] == result["n_test"] == 200
+    ood = result.ood
+    assert ood["method"] == "mahalanobis-multiscale" and ood["test"]["n"] == result.n_test == 200
     assert ood["test"]["flagged"] <= 0.1
     for folder, n in ((fundus_folder, 40), (synthetic_folder, 40)):
         s = ood["foreign"][str(folder)]
@@ -202,12 +204,34 @@ def test_cli_evaluate_ood_errors_are_one_line(trained_run, tmp_path, capsys):
     assert "no readable images in" in capsys.readouterr().err
 
 
+def test_format_1_checkpoint_loads_with_its_detector(trained_run, tmp_path):
+    """Files written before the OOD state was a typed field (``info["extras"]["ood"]``, format 1;
+    the shipped model among them) load through the one migration, detector and digest intact."""
+    import dataclasses
+
+    from medcls.core.io import atomic_torch_save
+    from medcls.models.checkpoint import content_digest
+
+    payload = torch.load(trained_run / "model.pt", map_location="cpu", weights_only=True)
+    info = dict(payload["info"])
+    info["extras"] = {"ood": info.pop("ood")}
+    old = {**payload, "format_version": 1, "info": info}
+    old["sha256"] = content_digest({"info": old["info"], "state_dict": old["state_dict"]})
+    atomic_torch_save(old, tmp_path / "model.pt")
+    _, migrated = load_checkpoint(tmp_path / "model.pt")
+    _, today = load_checkpoint(trained_run)
+    assert dataclasses.replace(migrated, ood=None) == dataclasses.replace(today, ood=None)
+    assert OODDetector.from_info(migrated).threshold == OODDetector.from_info(today).threshold
+    shipped = torch.load(shipped_model(), map_location="cpu", weights_only=True)
+    assert shipped["format_version"] == 1 and load_checkpoint(shipped_model())[1].ood is not None
+
+
 def test_model_without_detector_still_predicts(trained_run, tmp_path):
     net, info = load_checkpoint(trained_run)
-    info.extras.pop("ood")
+    info.ood = None
     old = save_checkpoint(tmp_path / "model.pt", net, info)
     rows, _ = Predictor.from_checkpoint(old).predict([png(synthetic_images("flat", 1)[0])])
-    assert list(rows[0]) == COLUMNS and rows[0]["ood_score"] is None and rows[0]["in_distribution"] is None
+    assert list(rows[0].row()) == COLUMNS and rows[0].ood_score is None and rows[0].in_distribution is None
     with pytest.raises(EvaluationError, match="no out-of-distribution detector"):
         evaluate(old, ood=[tmp_path])
 

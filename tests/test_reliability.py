@@ -122,7 +122,7 @@ def test_same_config_and_seed_give_identical_metrics(uninterrupted, tmp_path):
     assert again != uninterrupted
     first = evaluate(uninterrupted, out_dir=tmp_path / "first", quiet=True)
     second = evaluate(again, out_dir=tmp_path / "second", quiet=True)
-    assert first["metrics"] == second["metrics"] and first["ci95"] == second["ci95"]
+    assert first.metrics == second.metrics and first.ci95 == second.ci95
     on_disk = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("first", "second")]
     assert on_disk[0]["metrics"] == on_disk[1]["metrics"] and on_disk[0]["n_test"] == 32
 

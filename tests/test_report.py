@@ -78,7 +78,7 @@ def test_binary_report(binary_eval, tmp_path):
     for needle in ("False positives (true NORMAL, predicted PNEUMONIA)", "False negatives (true PNEUMONIA, predicted NORMAL)",
                    "Youden", "roc_auc", "p(PNEUMONIA) &ge;", "central box", "arch: seed-cnn"):
         assert needle in text, needle
-    (_, fp), (fn, _) = result["confusion_matrix"]
+    (_, fp), (fn, _) = result.confusion_matrix
     shown = min(fp, 6) + min(fn, 6)  # the six most confident of each kind
     assert shown > 0 and len(doc.findall(".//h:section[@id='errors']//h:img", NS)) == shown
     assert len(list((out / "gradcam").glob("*.gradcam.png"))) == shown

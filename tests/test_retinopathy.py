@@ -65,13 +65,13 @@ def test_audit_finds_planted_duplicates_and_conflicts(planted, tmp_path):
     assert _group_of(audit, f"Healthy/{healthy}") is copy
     resaved = _group_of(audit, "Moderate DR/planted_resaved.jpg")
     assert resaved is not None and resaved.kind == "near" and not resaved.conflict
-    assert audit.summary["conflict_groups"] >= 1 and audit.summary["exact_duplicate_sets"] >= 1
-    assert audit.summary["conflicts_by_classes"].get("Healthy | Severe DR", 0) >= 1
+    assert audit.summary.conflict_groups >= 1 and audit.summary.exact_duplicate_sets >= 1
+    assert audit.summary.conflicts_by_classes.get("Healthy | Severe DR", 0) >= 1
 
     rows = list(csv.DictReader((tmp_path / "out" / "audit.csv").open()))
     planted_row = next(r for r in rows if r["path"] == "Severe DR/planted_copy.jpg")
     assert planted_row["conflict"] == "yes" and planted_row["kind"] == "exact"
-    assert json.loads((tmp_path / "out" / "audit.json").read_text())["conflict_groups"] == audit.summary["conflict_groups"]
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["conflict_groups"] == audit.summary.conflict_groups
 
     # A second audit of the same files reads the cached hashes instead of decoding again.
     cached = list(cache.glob("audit-*.json"))
@@ -97,7 +97,7 @@ def test_real_data_split_keeps_duplicates_together(fundus_root, tmp_path):
     cfg = load_config(ROOT / "configs" / "retinopathy-compact.yaml",
                       [f"data.root={fundus_root}", "data.image_size=16"]).data
     audit = audit_index(load_index("retinopathy", fundus_root), cfg.cache_dir, quiet=True)
-    assert audit.summary["exact_duplicate_sets"] >= 100 and audit.summary["conflict_groups"] >= 20
+    assert audit.summary.exact_duplicate_sets >= 100 and audit.summary.conflict_groups >= 20
     data = prepare_data(cfg, quiet=True)
     split_of = {s.path: name for name, items in data.splits.items() for s in items}
     for g in audit.groups:
@@ -108,7 +108,7 @@ def test_real_data_split_keeps_duplicates_together(fundus_root, tmp_path):
     groups = {name: {s.group for s in items} for name, items in data.splits.items()}
     assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
     assert not groups["val"] & groups["test"]
-    assert data.audit["held_in_train"] >= audit.summary["conflict_images"]
+    assert data.audit["held_in_train"] >= audit.summary.conflict_images
     total = sum(len(v) for v in data.splits.values())
     assert total == 2750
     for name, share in (("val", 0.15), ("test", 0.15)):
@@ -201,13 +201,13 @@ def test_five_class_run_beats_chance_end_to_end(fundus_run, tmp_path):
     data_json = json.loads((fundus_run / "data.json").read_text())
     assert data_json["audit"]["conflict_groups"] >= 20 and data_json["audit"]["exclude_conflicts"]
     result = evaluate(fundus_run, out_dir=tmp_path, quiet=True)
-    m = result["metrics"]
-    assert result["classes"] == RETINOPATHY_GRADES
+    m = result.metrics
+    assert result.classes == RETINOPATHY_GRADES
     assert m["ovr_auc"] > 0.65 and m["balanced_accuracy"] > 0.3  # chance: 0.5 and 0.2
-    assert -1 <= m["qwk"] <= 1 and "qwk" in result["ci95"]
+    assert -1 <= m["qwk"] <= 1 and "qwk" in result.ci95
     assert 0 <= m["referable_sensitivity"] <= 1 and 0 <= m["referable_specificity"] <= 1
-    assert np.array(result["confusion_matrix"]).shape == (5, 5)
-    assert [row["class"] for row in result["per_class"]] == RETINOPATHY_GRADES
+    assert np.array(result.confusion_matrix).shape == (5, 5)
+    assert [row["class"] for row in result.per_class] == RETINOPATHY_GRADES
     for name in ("confusion_matrix.png", "roc.png", "predictions.csv"):
         assert (tmp_path / name).stat().st_size > 1000, name
 

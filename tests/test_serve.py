@@ -25,7 +25,7 @@ from PIL import Image
 from conftest import ROOT, XRAY
 from dicom_files import dicom_bytes, xray_dicom
 from medcls.assets import shipped_model
-from medcls.inference.predictor import Predictor
+from medcls.inference.predictor import Prediction, Predictor
 from medcls.ood.probes import synthetic_images
 from medcls.serving.app import Predictions, image_result
 from medcls.serving.batching import MicroBatcher
@@ -94,7 +94,7 @@ def test_health_model_card_and_schema(client, trained_run):
     expected = Predictor.load(trained_run).info
     assert card["backend"] == "onnxruntime" and card["classes"] == CLASSES
     assert card["threshold"] == expected.threshold and card["image_size"] == 64
-    assert card["ood"]["threshold"] == pytest.approx(expected.extras["ood"]["threshold"])
+    assert card["ood"]["threshold"] == pytest.approx(expected.ood.threshold)
     assert card["limits"] == {"max_upload_bytes": 20_000_000, "max_files": 16, "max_batch": 1}
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -116,12 +116,12 @@ def test_predict_real_images_equals_the_checkpoint(client, trained_run):
     want, _ = Predictor.load(trained_run).predict(files, names=[f.name for f in files])
     assert body["model_id"] == card["model_id"] and [p["file"] for p in body["predictions"]] == [u[0] for u in uploads]
     for got, row in zip(body["predictions"], want):
-        assert got["class"] == row["prediction"] and got["model_id"] == card["model_id"]
-        assert got["probabilities"] == pytest.approx({c: row[f"p_{c}"] for c in CLASSES}, abs=1e-5)
+        assert got["class"] == row.prediction and got["model_id"] == card["model_id"]
+        assert got["probabilities"] == pytest.approx({c: row.probabilities[c] for c in CLASSES}, abs=1e-5)
         assert got["threshold"] == card["threshold"] and got["latency_ms"] > 0
     # The DICOM holds the JPEG's pixels at full size (the JPEG itself is decoded at reduced scale).
     dicom = body["predictions"][-1]["probabilities"]["PNEUMONIA"]
-    assert dicom == pytest.approx(want[-1]["p_PNEUMONIA"], abs=0.05)
+    assert dicom == pytest.approx(want[-1].probabilities["PNEUMONIA"], abs=0.05)
     preview = post(client, uploads[-1], path="/v1/preview")
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
 
@@ -167,11 +167,13 @@ def test_concurrent_requests_get_their_own_answers(client, server):
         assert got["probabilities"] == pytest.approx(alone[f.name]["probabilities"], abs=1e-6)
 
 
-def test_further_prediction_columns_flow_into_the_answer(trained_run):
-    row = {"path": "a.png", "prediction": "NORMAL", "p_NORMAL": 0.7, "p_PNEUMONIA": 0.3, "ood_score": 2.5}
-    result = image_result(row, Predictor.load(trained_run), "seed-cnn-abc", 1.234)
+def test_a_prediction_becomes_the_answer_with_every_field(trained_run):
+    pred = Prediction("a.png", "NORMAL", {"NORMAL": 0.7, "PNEUMONIA": 0.3}, ood_score=2.5, in_distribution=False)
+    predictor = Predictor.load(trained_run)
+    result = image_result(pred, predictor, "seed-cnn-abc", 1.234)
     assert result == {"file": "a.png", "class": "NORMAL", "probabilities": {"NORMAL": 0.7, "PNEUMONIA": 0.3},
-                      "ood_score": 2.5, "threshold": result["threshold"], "model_id": "seed-cnn-abc", "latency_ms": 1.23}
+                      "ood_score": 2.5, "in_distribution": False, "threshold": predictor.info.threshold,
+                      "model_id": "seed-cnn-abc", "latency_ms": 1.23}
     answer = Predictions.model_validate({"model_id": "seed-cnn-abc", "predictions": [result]})
     assert answer.model_dump(by_alias=True)["predictions"] == [result]
 
@@ -303,7 +305,7 @@ def test_serving_a_checkpoint_in_a_thread(trained_run):
         assert card["backend"] == "pytorch" and card["limits"]["max_batch"] == 8
         got = post(c, (JPEG.name, JPEG_BYTES, "image/jpeg")).json()["predictions"][0]
     [want], _ = Predictor.load(trained_run).predict([JPEG])
-    assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]
+    assert got["class"] == want.prediction and got["probabilities"]["NORMAL"] == want.probabilities["NORMAL"]
 
 
 def test_heat_maps_from_a_checkpoint_and_not_from_onnx(client, trained_run):
@@ -333,8 +335,8 @@ def test_serve_defaults_to_the_shipped_model():
     shipped = Predictor.load(shipped_model())
     [want], _ = shipped.predict([JPEG])
     assert card["arch"] == shipped.info.arch and card["model_id"] == model_id(shipped_model(), shipped.info.arch)
-    assert got["class"] == want["prediction"] and got["probabilities"]["NORMAL"] == want["p_NORMAL"]
-    assert got["ood_score"] == want["ood_score"] is not None
+    assert got["class"] == want.prediction and got["probabilities"]["NORMAL"] == want.probabilities["NORMAL"]
+    assert got["ood_score"] == want.ood_score is not None
 
 
 @pytest.mark.browser

@@ -22,12 +22,12 @@ def test_shipped_model_reproduces_its_card(xray_root):
     test = [s for s in load_index("pneumonia", xray_root).samples if s.given_split == "test"]
     rows, errors = predictor.predict([s.path for s in test])
     assert not errors and len(rows) == 624
-    pred = np.array([predictor.info.classes.index(r["prediction"]) for r in rows])
+    pred = np.array([predictor.info.classes.index(r.prediction) for r in rows])
     y = np.array([s.label for s in test])
     accuracy = float((pred == y).mean())
     assert abs(accuracy - card["metrics"]["accuracy"]) < 0.005
     lo, hi = card["ci95"]["accuracy"]
     assert lo <= accuracy <= hi
     # the out-of-distribution flag ships with it and flags what the card says of the test split
-    flagged = np.mean([not r["in_distribution"] for r in rows])
+    flagged = np.mean([not r.in_distribution for r in rows])
     assert abs(flagged - card["ood"]["test"]["flagged"]) < 0.005

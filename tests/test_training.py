@@ -31,9 +31,9 @@ def test_checkpoint_round_trip_matches_in_memory(trained_run):
     paths = data.paths("test")[:16]
     rows, errors = Predictor.from_checkpoint(trained_run).predict(paths)
     assert not errors
-    from_files = np.array([[r[f"p_{c}"] for c in info.classes] for r in rows])
+    from_files = np.array([[r.probabilities[c] for c in info.classes] for r in rows])
     assert np.allclose(direct, from_files, atol=1e-5)
-    assert list(rows[0]) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "ood_score", "in_distribution"]
+    assert list(rows[0].row()) == ["path", "prediction", "p_NORMAL", "p_PNEUMONIA", "ood_score", "in_distribution"]
 
 
 def test_threshold_comes_from_validation(trained_run):
@@ -45,13 +45,13 @@ def test_threshold_comes_from_validation(trained_run):
 
 def test_evaluate_writes_metrics_and_plots(trained_run, tmp_path):
     result = evaluate(trained_run, out_dir=tmp_path, bootstrap=200, quiet=True)
-    m = result["metrics"]
+    m = result.metrics
     for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
         assert 0 <= m[key] <= 1
-        lo, hi = result["ci95"][key]
+        lo, hi = result.ci95[key]
         assert lo <= m[key] <= hi
     assert m["roc_auc"] > 0.7
-    assert sum(map(sum, result["confusion_matrix"])) == result["n_test"] == 200
+    assert sum(map(sum, result.confusion_matrix)) == result.n_test == 200
     for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png", "pr.png",
                  "reliability.png", "training_curves.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -94,3 +94,38 @@ def test_temperature_scaling_does_not_raise_nll():
     logits = ((y * 2 - 1) * 4 + rng.normal(0, 3, 500))[:, None]  # over-confident logits
     t = fit_temperature(logits, y)
     assert t > 1 and nll(logits, y, t) < nll(logits, y, 1.0)
+
+
+def test_recalibrating_a_finished_run_reproduces_training_then_takes_a_new_rule(trained_run, tmp_path):
+    """Training = fit, then calibrate: the calibrate step re-run on the finished run gives the same
+    temperature, threshold and OOD detector; another threshold rule changes only the calibration."""
+    import dataclasses
+    import shutil
+
+    from medcls.api import recalibrate
+    from medcls.metrics.classification import binary_metrics
+    from medcls.models.inference import batch_logits, logits_to_probs
+    from medcls.training.calibrate import CalibrationError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    net, before = load_checkpoint(run)
+    again = recalibrate(run, quiet=True)
+    _, after = load_checkpoint(run)
+    assert again.threshold == pytest.approx(before.threshold, abs=1e-6)
+    assert again.temperature == pytest.approx(before.temperature, rel=1e-5)
+    assert after.ood.threshold == pytest.approx(before.ood.threshold, rel=1e-5)
+
+    target = 0.99
+    strict = recalibrate(run, threshold_rule="sensitivity", target_sensitivity=target, quiet=True)
+    net2, info = load_checkpoint(run)
+    assert info.threshold_rule == "sensitivity" and info.threshold == strict.threshold != before.threshold
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
+    assert dataclasses.replace(info, threshold=0, threshold_rule="", temperature=0, ood=None, config={}) == \
+        dataclasses.replace(before, threshold=0, threshold_rule="", temperature=0, ood=None, config={})
+    data = prepare_data(config_from_dict(info.config).data, run / "manifest.csv", quiet=True)
+    probs = logits_to_probs(batch_logits(net2, data.images("val"), 32, tta=info.tta), info.temperature)[:, 1]
+    assert binary_metrics(data.labels["val"], probs, info.threshold)["recall"] >= target
+    assert json.loads((run / "training.json").read_text())["threshold"] == info.threshold
+    with pytest.raises(CalibrationError, match="not a finished run folder"):
+        recalibrate(tmp_path)

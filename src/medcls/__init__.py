@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING
 from medcls.config import Config, load_config  # noqa: E402
 from medcls.core.version import __version__  # noqa: E402
 
-_API = ("inspect", "audit", "train", "resume", "evaluate", "predict", "explain", "report", "compare", "export",
-        "serve", "run")
-
 if TYPE_CHECKING:  # what editors and type checkers see; loaded on first use below
     from medcls.api import (
         audit,
@@ -29,6 +26,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; loaded on first use bel
         export,
         inspect,
         predict,
+        recalibrate,
         report,
         resume,
         run,
@@ -49,5 +47,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'medcls' has no attribute {name!r}")
 
 
-__all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "evaluate",
-           "predict", "explain", "report", "compare", "export", "serve", "run"]
+__all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "recalibrate",
+           "evaluate", "predict", "explain", "report", "compare", "export", "serve", "run"]
+_API = frozenset(__all__) - {"Config", "load_config", "Predictor", "__version__"}  # the functions of medcls.api

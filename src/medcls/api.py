@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 if TYPE_CHECKING:
     from medcls.config import Config
     from medcls.data.audit import Audit
+    from medcls.evaluation.result import EvaluationResult
     from medcls.inference.export import ExportResult
+    from medcls.inference.predictor import Prediction
     from medcls.serving.app import ServiceSettings
+    from medcls.training.calibrate import Calibration
 
 
 def inspect(data: str | Path, dataset: str = "pneumonia", out: str | Path | None = "runs/inspect",
@@ -46,11 +49,22 @@ def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = F
     return continue_run(run, data_root, quiet=quiet)
 
 
+def recalibrate(run: str | Path, data_root: str | Path | None = None, threshold_rule: Optional[str] = None,
+                target_sensitivity: Optional[float] = None, quiet: bool = False) -> Calibration:
+    """Refit a finished run's temperature, threshold and OOD detector on its validation split, without
+    retraining (optionally with another threshold rule); rewrites its ``model.pt``."""
+    from medcls.training.calibrate import calibrate_run
+
+    return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet)
+
+
 def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
              bootstrap: Optional[int] = None, quiet: bool = False, ood: Sequence[str | Path] = (),
-             report: bool = True) -> dict:
+             report: bool = True) -> EvaluationResult:
     """Evaluate a run (or checkpoint) once on its test split: ``metrics.json``, ``predictions.csv``,
     plots and, with ``report``, ``report.html`` (whose shortcut check joins ``metrics.json``)."""
+    import dataclasses
+
     from medcls.core.io import atomic_write_json
     from medcls.evaluation.evaluate import evaluate_model, resolve_checkpoint
     from medcls.reporting.report import write_report
@@ -59,14 +73,15 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     if report:
         run = resolve_checkpoint(target)[1]
         out = Path(out_dir) if out_dir else run
-        result["shortcut_check"] = write_report(run, out, result)["shortcut_check"]
-        atomic_write_json(out / "metrics.json", result)
+        shortcut = write_report(run, out, result.to_dict())["shortcut_check"]
+        result = dataclasses.replace(result, shortcut_check=shortcut)
+        atomic_write_json(out / "metrics.json", result.to_dict())
     return result
 
 
 def predict(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None,
-            compile: bool = False) -> tuple[list[dict], dict[str, str]]:
-    """Predict image files and folders (default model: the shipped one); returns (rows, {file: error})."""
+            compile: bool = False) -> tuple[list[Prediction], dict[str, str]]:
+    """Predict image files and folders (default model: the shipped one); returns (predictions, {file: error})."""
     from medcls.inference.predictor import predict_files
 
     return predict_files(paths, model, out, compile=compile)
@@ -109,9 +124,9 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     run_server(model, host, port, settings, compile=compile)
 
 
-def run(cfg: Config, quiet: bool = False) -> tuple[Path, dict]:
+def run(cfg: Config, quiet: bool = False) -> tuple[Path, EvaluationResult]:
     """The main job: inspect -> train -> evaluate once on test (with report), in one run folder;
-    returns (run folder, metrics)."""
+    returns (run folder, evaluation result)."""
     from medcls.config.checks import check_run_config
     from medcls.training.train import new_run_dir
 

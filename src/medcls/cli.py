@@ -35,18 +35,20 @@ def _tune_process(reuse_memory: bool = True) -> None:
 
 def cmd_inspect(args) -> int:
     from medcls.api import inspect
+    from medcls.console import show_inspection
 
     out = args.out or "runs/inspect"
-    inspect(args.data, args.dataset, out, audit=args.audit)
+    show_inspection(inspect(args.data, args.dataset, out, audit=args.audit))
     print(f"inspection written to {out}/ (inspection.json, samples.png)")
     return 0
 
 
 def cmd_audit(args) -> int:
     from medcls.api import audit
+    from medcls.console import show_audit
 
     out = args.out or "runs/audit"
-    audit(args.data, args.dataset, out, max_distance=args.max_distance)
+    show_audit(audit(args.data, args.dataset, out, max_distance=args.max_distance).summary)
     print(f"audit written to {out}/ (audit.csv: one row per image in a duplicate group; audit.json: counts)")
     return 0
 
@@ -69,12 +71,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_recalibrate(args) -> int:
+    from medcls.api import recalibrate
+
+    _tune_process()
+    cal = recalibrate(args.run, data_root=args.data, threshold_rule=args.threshold_rule,
+                      target_sensitivity=args.target_sensitivity)
+    print(f"recalibrated {args.run}/model.pt on {cal.n_val} validation images: {cal.threshold_reason}; "
+          f"temperature {cal.temperature:.3f}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from medcls.api import evaluate
+    from medcls.console import show_evaluation
     from medcls.evaluation.evaluate import resolve_checkpoint
 
     _tune_process()
-    evaluate(args.target, data_root=args.data, out_dir=args.out, bootstrap=args.bootstrap, ood=args.ood or ())
+    show_evaluation(evaluate(args.target, data_root=args.data, out_dir=args.out, bootstrap=args.bootstrap,
+                             ood=args.ood or ()))
     print(f"evaluation written to {args.out or resolve_checkpoint(args.target)[1]}/")
     return 0
 
@@ -104,7 +119,8 @@ def cmd_predict(args) -> int:
     from medcls.api import explain, predict
 
     _tune_process()
-    rows, errors = predict(args.paths, args.model, args.out, compile=args.compile)
+    predictions, errors = predict(args.paths, args.model, args.out, compile=args.compile)
+    rows = [p.row() for p in predictions]
     console = Console()
     if rows:
         table = Table()
@@ -122,7 +138,7 @@ def cmd_predict(args) -> int:
     if args.out:
         print(f"{len(rows)} prediction(s) written to {args.out}")
     if args.explain and rows:
-        written = explain([r["path"] for r in rows], args.model, args.explain, args.cam, args.cam_layer)
+        written = explain([p.path for p in predictions], args.model, args.explain, args.cam, args.cam_layer)
         print(f"{len(written)} heat-map overlay(s) written to {args.explain}")
     return 0 if rows or not errors else EXIT_USER_ERROR
 
@@ -177,11 +193,13 @@ def cmd_report(args) -> int:
 
 def cmd_run(args) -> int:
     from medcls.api import run as run_job
+    from medcls.console import show_evaluation
 
     cfg = _config(args)
     _tune_process(cfg.train.reuse_memory)
     run, result = run_job(cfg)
-    m = result["metrics"]
+    show_evaluation(result)
+    m = result.metrics
     print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"run folder: {run}")
     if cfg.data.image_size < 224:
@@ -232,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "one under torchrun or SLURM")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted run RUN from its last checkpoint")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("recalibrate", help="refit a run's temperature, threshold and OOD flag on its validation "
+                                           "split, without retraining")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="data folder, if it moved since training")
+    p.add_argument("--threshold-rule", choices=["youden", "sensitivity", "f1", "fixed"],
+                   help="operating-point rule (default: the run's eval.threshold_rule)")
+    p.add_argument("--target-sensitivity", type=float, help="for --threshold-rule sensitivity")
+    p.set_defaults(fn=cmd_recalibrate)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")
     p.add_argument("target", help="run folder or model.pt")
@@ -286,8 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_logs() -> None:
+    """The library logs through :mod:`logging`; the command line shows its messages with rich."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from medcls.console import console
+
+    logger = logging.getLogger("medcls")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_time=False, show_path=False, markup=False))
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_logs()
     from medcls.core.io import DISK_FULL
     from medcls.errors import USER_ERRORS
 

@@ -12,7 +12,8 @@ from medcls.inference.export import ExportError
 from medcls.models.checkpoint import CheckpointError
 from medcls.ood.evaluation import OODEvaluationError
 from medcls.reporting.report import ReportError
+from medcls.training.calibrate import CalibrationError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
                ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError, OODEvaluationError,
-               CompileError)
+               CompileError, CalibrationError)

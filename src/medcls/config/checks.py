@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from medcls.config import Config, ConfigError
+from medcls.core.logs import quieted
 from medcls.core.messages import first_line
 from medcls.core.registry import Registry
 from medcls.data.datasets import DATASETS
@@ -76,11 +77,9 @@ def _check_monitor(cfg: Config) -> None:
 
 def _check_hardware(cfg: Config) -> None:
     t = cfg.train
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)  # the real Trainer announces the hardware; this trial one stays quiet
     try:
-        with warnings.catch_warnings():
+        # The real Trainer announces the hardware; this trial one stays quiet.
+        with quieted("lightning.pytorch.utilities.rank_zero", logging.WARNING), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                        precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -89,5 +88,3 @@ def _check_hardware(cfg: Config) -> None:
         raise ConfigError(f"config keys 'train.accelerator'/'train.devices'/'train.strategy'/'train.num_nodes'/"
                           f"'train.precision' ({t.accelerator}, {t.devices!r}, {t.strategy}, {t.num_nodes}, "
                           f"{t.precision}): {first_line(exc)}") from None
-    finally:
-        rank_zero.setLevel(level)

@@ -32,7 +32,6 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image
-from rich.console import Console
 from rich.progress import Progress
 
 from medcls.core.io import atomic_write_json, atomic_write_text
@@ -41,8 +40,6 @@ from medcls.data.cache import cache_key
 from medcls.data.datasets import DatasetIndex, load_index
 from medcls.data.images import ImageLoadError, load_image
 from medcls.data.split import components, merge_groups
-
-console = Console(stderr=True)
 
 AUDIT_VERSION = 1
 HASH_SIZE = 16  # phash bits = HASH_SIZE ** 2
@@ -64,11 +61,43 @@ class DuplicateGroup:
         return len(self.classes) > 1
 
 
+@dataclass(frozen=True)
+class AuditSummary:
+    """The counts of an audit (``audit.json``)."""
+
+    dataset: str
+    root: str
+    images: int
+    unreadable: int
+    hash: str
+    max_distance: int
+    exact_duplicate_sets: int
+    exact_duplicate_images: int
+    exact_redundant_copies: int
+    duplicate_groups: int
+    near_duplicate_groups: int
+    images_in_duplicate_groups: int
+    within_class_groups: int
+    conflict_groups: int
+    conflict_images: int
+    conflicts_by_classes: dict[str, int]
+    unreadable_files: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        """The audit in one line, for ``inspect`` and logs."""
+        return (f"audit: {self.exact_duplicate_sets} exact-duplicate sets ({self.exact_duplicate_images} "
+                f"images), {self.near_duplicate_groups} near-duplicate groups, {self.conflict_groups} label "
+                f"conflicts ({self.conflict_images} images)")
+
+
 @dataclass
 class Audit:
     index: DatasetIndex
     groups: list[DuplicateGroup]  # clusters of two or more images
-    summary: dict
+    summary: AuditSummary
     pixel_sha: list[str | None]  # per sample; None where the file could not be decoded
 
     def conflicting_samples(self) -> set[int]:
@@ -161,25 +190,25 @@ def audit_index(index: DatasetIndex, cache_dir: str | Path | None = None, worker
 
 
 def _summarise(index: DatasetIndex, groups: list[DuplicateGroup], by_sha: dict[str, list[int]],
-               errors: dict[str, str], max_distance: int) -> dict:
+               errors: dict[str, str], max_distance: int) -> AuditSummary:
     exact_sets = [m for m in by_sha.values() if len(m) > 1]
     conflicts = [g for g in groups if g.conflict]
     pairs = Counter(" | ".join(g.classes) for g in conflicts)
-    return {
-        "dataset": index.name, "root": str(index.root), "images": len(index.samples), "unreadable": len(errors),
-        "hash": f"imagehash.phash hash_size={HASH_SIZE} ({HASH_SIZE ** 2} bits)", "max_distance": max_distance,
-        "exact_duplicate_sets": len(exact_sets),
-        "exact_duplicate_images": sum(len(m) for m in exact_sets),
-        "exact_redundant_copies": sum(len(m) - 1 for m in exact_sets),
-        "duplicate_groups": len(groups),
-        "near_duplicate_groups": sum(g.kind == "near" for g in groups),
-        "images_in_duplicate_groups": sum(len(g.members) for g in groups),
-        "within_class_groups": len(groups) - len(conflicts),
-        "conflict_groups": len(conflicts),
-        "conflict_images": sum(len(g.members) for g in conflicts),
-        "conflicts_by_classes": dict(sorted(pairs.items())),
-        "unreadable_files": errors,
-    }
+    return AuditSummary(
+        dataset=index.name, root=str(index.root), images=len(index.samples), unreadable=len(errors),
+        hash=f"imagehash.phash hash_size={HASH_SIZE} ({HASH_SIZE ** 2} bits)", max_distance=max_distance,
+        exact_duplicate_sets=len(exact_sets),
+        exact_duplicate_images=sum(len(m) for m in exact_sets),
+        exact_redundant_copies=sum(len(m) - 1 for m in exact_sets),
+        duplicate_groups=len(groups),
+        near_duplicate_groups=sum(g.kind == "near" for g in groups),
+        images_in_duplicate_groups=sum(len(g.members) for g in groups),
+        within_class_groups=len(groups) - len(conflicts),
+        conflict_groups=len(conflicts),
+        conflict_images=sum(len(g.members) for g in conflicts),
+        conflicts_by_classes=dict(sorted(pairs.items())),
+        unreadable_files=errors,
+    )
 
 
 def audit_csv(audit: Audit) -> str:
@@ -208,28 +237,8 @@ def audit_dataset(root: str | Path, dataset: str = "class-folders", out_dir: str
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "audit.csv", audit_csv(audit))
-        atomic_write_json(out / "audit.json", audit.summary)
-    if not quiet:
-        print_summary(audit.summary)
+        atomic_write_json(out / "audit.json", audit.summary.to_dict())
     return audit
-
-
-def summary_line(summary: dict) -> str:
-    """The audit in one line, for ``inspect`` and logs."""
-    return (f"audit: {summary['exact_duplicate_sets']} exact-duplicate sets ({summary['exact_duplicate_images']} "
-            f"images), {summary['near_duplicate_groups']} near-duplicate groups, {summary['conflict_groups']} label "
-            f"conflicts ({summary['conflict_images']} images)")
-
-
-def print_summary(summary: dict) -> None:
-    console.print(f"{summary['dataset']}: {summary['images']} images, {summary['duplicate_groups']} duplicate groups "
-                  f"holding {summary['images_in_duplicate_groups']} images (phash distance <= "
-                  f"{summary['max_distance']} of {HASH_SIZE ** 2} bits)")
-    console.print(summary_line(summary))
-    for classes, n in summary["conflicts_by_classes"].items():
-        console.print(f"  conflicts {classes}: {n}")
-    if summary["unreadable"]:
-        console.print(f"[yellow]{summary['unreadable']} unreadable file(s) not audited")
 
 
 def deduplicate(index: DatasetIndex, audit: Audit, exclude_conflicts: bool = True
@@ -254,7 +263,8 @@ def deduplicate(index: DatasetIndex, audit: Audit, exclude_conflicts: bool = Tru
         else:
             keep.append(s)
     held = frozenset(samples[i].group for i in conflicted if samples[i].given_split != "test")
-    report = {key: audit.summary[key] for key in (
+    summary = audit.summary.to_dict()
+    report = {key: summary[key] for key in (
         "exact_duplicate_sets", "exact_duplicate_images", "near_duplicate_groups", "duplicate_groups",
         "images_in_duplicate_groups", "conflict_groups", "conflict_images", "max_distance")}
     report.update(exclude_conflicts=exclude_conflicts, held_in_train=sum(s.group in held for s in keep),

@@ -6,21 +6,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from medcls.core.io import atomic_path, atomic_write_json  # noqa: E402
-from medcls.data.audit import audit_index, summary_line  # noqa: E402
-from medcls.data.datasets import DatasetIndex, load_index  # noqa: E402
-from medcls.data.images import ImageLoadError, load_image  # noqa: E402
-
-console = Console(stderr=True)
+from medcls.core.figures import save_png, subplots
+from medcls.core.io import atomic_write_json
+from medcls.data.audit import audit_index
+from medcls.data.datasets import DatasetIndex, load_index
+from medcls.data.images import ImageLoadError, load_image
 
 
 def _header(path: Path) -> tuple[tuple[int, int], str] | None:
@@ -63,7 +56,7 @@ def sample_grid(index: DatasetIndex, path: Path, per_class: int = 6, size: int =
     """A PNG with ``per_class`` random images of each class, one row per class."""
     rng = np.random.default_rng(seed)
     k = index.num_classes
-    fig, axes = plt.subplots(k, per_class, figsize=(1.6 * per_class, 1.75 * k), squeeze=False)
+    fig, axes = subplots(k, per_class, figsize=(1.6 * per_class, 1.75 * k), squeeze=False)
     for label, cls in enumerate(index.classes):
         members = [s for s in index.samples if s.label == label]
         picks = rng.choice(len(members), min(per_class, len(members)), replace=False)
@@ -80,11 +73,7 @@ def sample_grid(index: DatasetIndex, path: Path, per_class: int = 6, size: int =
             ax.set_title(s.path.name[:18], fontsize=6)
         axes[label][0].text(-0.1, 0.5, cls, transform=axes[label][0].transAxes, ha="right", va="center",
                             fontsize=9, rotation=90)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def inspect_data(root: str | Path, dataset: str = "pneumonia", out_dir: str | Path | None = None,
@@ -92,36 +81,14 @@ def inspect_data(root: str | Path, dataset: str = "pneumonia", out_dir: str | Pa
     """Describe a data set; with ``out_dir`` write ``inspection.json`` and ``samples.png`` there.
 
     ``audit`` adds the duplicate audit's summary (cached after the first run); None: the
-    data set's default."""
+    data set's default. ``quiet``: no progress bars."""
     index = load_index(dataset, root)
     info = describe(index)
     if index.audit if audit is None else audit:
-        info["audit"] = audit_index(index, quiet=quiet).summary
+        info["audit"] = audit_index(index, quiet=quiet).summary.to_dict()
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         info["sample_grid"] = str(sample_grid(index, out / "samples.png"))
         atomic_write_json(out / "inspection.json", info)
-    if not quiet:
-        print_description(info)
     return info
-
-
-def print_description(info: dict) -> None:
-    table = Table(title=f"{info['dataset']}: {info['images']} images, {info['groups']} patients/groups")
-    table.add_column("split")
-    for c in info["classes"]:
-        table.add_column(c, justify="right")
-    table.add_column("imbalance", justify="right")
-    for split, counts in info["counts"].items():
-        table.add_row(split, *(str(counts[c]) for c in info["classes"]), f"{info['imbalance_ratio'][split]:.2f}")
-    console.print(table)
-    w, h = info["width"], info["height"]
-    if w:
-        console.print(f"sizes: width {w['min']}-{w['max']} (median {w['median']:.0f}), height {h['min']}-{h['max']} "
-                      f"(median {h['median']:.0f}), {info['distinct_sizes']} distinct; modes: {info['modes']}")
-    if "audit" in info:
-        console.print(f"{summary_line(info['audit'])}; details: medcls audit")
-    if info["unreadable_headers"]:
-        console.print(f"[yellow]{len(info['unreadable_headers'])} file(s) not readable as images: "
-                      f"{', '.join(info['unreadable_headers'][:5])}")

@@ -3,13 +3,13 @@ decode cache -> batches of uint8 images straight from the memory-mapped cache.""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from medcls.data.audit import audit_index, deduplicate
 from medcls.data.cache import ImageCache, build_cache
@@ -19,7 +19,7 @@ from medcls.data.split import Splits, limit_per_class, make_split, read_manifest
 if TYPE_CHECKING:
     from medcls.config import DataConfig
 
-console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,12 +61,13 @@ class PreparedData:
 
 
 def prepare_data(cfg: DataConfig, manifest: str | Path | None = None, quiet: bool = False) -> PreparedData:
-    """Scan the data set, split it (or read ``manifest``), and decode it into the cache."""
+    """Scan the data set, split it (or read ``manifest``), and decode it into the cache
+    (``quiet``: no progress bars; warnings go to :mod:`logging`)."""
     index = load_index(cfg.dataset, cfg.root)
-    if index.ignored and not quiet:
+    if index.ignored:
         shown = ", ".join(str(p) for p in index.ignored[:5])
-        console.print(f"[yellow]ignored {len(index.ignored)} non-image file(s): {shown}"
-                      f"{' ...' if len(index.ignored) > 5 else ''}")
+        log.warning("ignored %d non-image file(s): %s%s", len(index.ignored), shown,
+                    " ..." if len(index.ignored) > 5 else "")
     manifest = manifest or cfg.manifest
     audit = None
     if manifest:
@@ -81,10 +82,9 @@ def prepare_data(cfg: DataConfig, manifest: str | Path | None = None, quiet: boo
     color_mode = cfg.color_mode or index.color_mode
     ordered = [s for name in SPLITS for s in splits[name]]
     cache = build_cache([s.path for s in ordered], cfg.image_size, color_mode, cfg.cache_dir, cfg.workers, quiet)
-    if cache.errors and not quiet:
-        console.print(f"[yellow]skipped {len(cache.errors)} unreadable image(s):")
-        for path, reason in list(cache.errors.items())[:20]:
-            console.print(f"[yellow]  {path}: {reason}")
+    if cache.errors:
+        shown = "; ".join(f"{path}: {reason}" for path, reason in list(cache.errors.items())[:20])
+        log.warning("skipped %d unreadable image(s): %s", len(cache.errors), shown)
     rows, labels, start = {}, {}, 0
     for name in SPLITS:
         n = len(splits[name])

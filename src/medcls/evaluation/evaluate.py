@@ -4,12 +4,11 @@ confidence intervals, calibration, predictions table and plots, in one folder.""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
 from medcls.config import config_from_dict
@@ -18,6 +17,7 @@ from medcls.data.fingerprint import split_fingerprint
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.split import split_digest
 from medcls.evaluation import plots
+from medcls.evaluation.result import CalibrationSummary, EvaluationResult
 from medcls.inference.predictor import (
     Predictor,
     decide,
@@ -33,9 +33,9 @@ from medcls.metrics.classification import (
 )
 from medcls.models.checkpoint import ModelInfo, load_checkpoint
 from medcls.models.inference import logits_to_probs
-from medcls.ood.evaluation import evaluate_ood, print_ood
+from medcls.ood.evaluation import evaluate_ood
 
-console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
@@ -84,17 +84,18 @@ def checkpoint_data(ckpt: Path, info: ModelInfo, data_root: str | Path | None = 
 
 
 def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
-             bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()) -> dict:
+                   bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()
+                   ) -> EvaluationResult:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
 
     Writes ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir`` (default:
-    the run folder) and returns the metrics (:func:`medcls.api.evaluate` adds the report). ``ood``: folders
+    the run folder) and returns the result (:func:`medcls.api.evaluate` adds the report). ``ood``: folders
     of foreign images, reported with the fraction flagged out-of-distribution and the
-    OOD AUROC against the test split.
+    OOD AUROC against the test split. ``quiet``: no progress bars.
     """
     ckpt, run = resolve_checkpoint(target)
     net, info = load_checkpoint(ckpt)
-    if ood and "ood" not in info.extras:
+    if ood and info.ood is None:
         raise EvaluationError(f"{ckpt} has no out-of-distribution detector (trained before medcls had one); "
                               f"retrain it to use --ood")
     missing = [str(f) for f in ood if not Path(f).is_dir()]
@@ -107,6 +108,7 @@ def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_
 
     y = data.labels["test"]
     predictor = Predictor(net, info, cfg.data.batch_size)
+    log.info("scoring %d test images", len(y))
     logits, ood_scores = predictor.outputs(data.images("test"))
     probs = logits_to_probs(logits, info.temperature)
     pred = decide(probs, info)
@@ -114,42 +116,25 @@ def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_
     draws = cfg.eval.bootstrap if bootstrap is None else bootstrap
     ci = bootstrap_ci(lambda i: score(y[i], probs[i], info), len(y), draws) if draws else {}
     raw = logits_to_probs(logits, 1.0)
-    result = {
-        "n_test": int(len(y)), "classes": info.classes, "metrics": metrics, "ci95": ci, "bootstrap_draws": draws,
-        "threshold": info.threshold if info.binary else None, "threshold_rule": info.threshold_rule,
-        "confusion_matrix": confusion_matrix(y, pred, labels=range(len(info.classes))).tolist(),
-        "per_class": per_class_table(y, pred, info.classes),
-        "calibration": {"temperature": info.temperature, "ece": expected_calibration_error(y, probs),
-                        "ece_uncalibrated": expected_calibration_error(y, raw), "nll": nll(logits, y, info.temperature),
-                        "nll_uncalibrated": nll(logits, y, 1.0)},
-        "unreadable": data.cache.errors, "checkpoint": str(ckpt),
-    }
-    if ood_scores is not None:
-        result["ood"] = evaluate_ood(predictor, ood_scores, ood, y, pred == y)
-    rows = [{**row, "label": info.classes[t]} for row, t in
-            zip(prediction_rows([str(p) for p in data.paths("test")], probs, info, ood_scores), y)]
-    write_predictions(rows, out / "predictions.csv")
-    cm = np.array(result["confusion_matrix"])
-    plots.plot_confusion(cm, info.classes, out / "confusion_matrix.png")
+    result = EvaluationResult(
+        n_test=int(len(y)), classes=info.classes, metrics=metrics, ci95=ci, bootstrap_draws=draws,
+        threshold=info.threshold if info.binary else None, threshold_rule=info.threshold_rule,
+        confusion_matrix=confusion_matrix(y, pred, labels=range(len(info.classes))).tolist(),
+        per_class=per_class_table(y, pred, info.classes),
+        calibration=CalibrationSummary(
+            temperature=info.temperature, ece=expected_calibration_error(y, probs),
+            ece_uncalibrated=expected_calibration_error(y, raw), nll=nll(logits, y, info.temperature),
+            nll_uncalibrated=nll(logits, y, 1.0)),
+        unreadable=data.cache.errors, checkpoint=str(ckpt),
+        ood=evaluate_ood(predictor, ood_scores, ood, y, pred == y) if ood_scores is not None else None,
+    )
+    predictions = prediction_rows([str(p) for p in data.paths("test")], probs, info, ood_scores)
+    write_predictions(predictions, out / "predictions.csv", [info.classes[t] for t in y])
+    plots.plot_confusion(np.array(result.confusion_matrix), info.classes, out / "confusion_matrix.png")
     op = (metrics["recall"], metrics["specificity"]) if info.binary else None
     plots.plot_roc(y, probs, info.classes, out / "roc.png", op)
     plots.plot_pr(y, probs, info.classes, out / "pr.png")
     plots.plot_reliability(y, probs, out / "reliability.png")
     plots.plot_training_curves(run / "metrics.csv", out / "training_curves.png")
-    atomic_write_json(out / "metrics.json", result)
-    if not quiet:
-        print_metrics(result)
-        if "ood" in result:
-            print_ood(result["ood"])
+    atomic_write_json(out / "metrics.json", result.to_dict())
     return result
-
-
-def print_metrics(result: dict) -> None:
-    table = Table(title=f"Test metrics ({result['n_test']} images)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("95% CI", justify="right")
-    for key, value in result["metrics"].items():
-        lo_hi = result["ci95"].get(key)
-        table.add_row(key, f"{value:.4f}", f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi else "")
-    console.print(table)

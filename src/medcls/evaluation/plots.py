@@ -6,22 +6,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from sklearn import metrics as skm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-
-from medcls.core.io import atomic_path  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+from medcls.core.figures import save_png as _save
+from medcls.core.figures import subplots
 
 
 def read_epoch_log(csv_path: Path) -> dict[str, dict[int, float]]:
@@ -47,7 +36,7 @@ def plot_training_curves(log_csv: Path, path: Path) -> Path | None:
               if f"val_{m}" in log or f"train_{m}" in log]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (m, title) in zip(axes[0], panels):
         for split, style in (("train", "-o"), ("val", "-s")):
             series = log.get(f"{split}_{m}")
@@ -64,7 +53,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     """Counts and row-normalised confusion matrices side by side."""
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = 2.2 + 0.75 * len(classes)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    fig, axes = subplots(1, 2, figsize=(2 * size + 1, size))
     for ax, mat, title, fmt in ((axes[0], cm, "Counts", "{:d}"), (axes[1], norm, "Row-normalised", "{:.2f}")):
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
@@ -91,7 +80,7 @@ def _one_vs_rest(y: np.ndarray, probs: np.ndarray, classes: list[str]):
 def plot_roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path,
              operating_point: tuple[float, float] | None = None) -> Path:
     """ROC curve(s); for binary models the chosen operating point is marked."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = subplots(figsize=(4.6, 4.2))
     for name, yt, score in _one_vs_rest(y, probs, classes):
         fpr, tpr, _ = skm.roc_curve(yt, score)
         ax.plot(fpr, tpr, label=f"{name} (AUC {skm.auc(fpr, tpr):.3f})")
@@ -106,7 +95,7 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path,
 
 
 def plot_pr(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = subplots(figsize=(4.6, 4.2))
     for name, yt, score in _one_vs_rest(y, probs, classes):
         prec, rec, _ = skm.precision_recall_curve(yt, score)
         ax.plot(rec, prec, label=f"{name} (AP {skm.average_precision_score(yt, score):.3f})")
@@ -129,7 +118,7 @@ def plot_reliability(y: np.ndarray, probs: np.ndarray, path: Path, bins: int = 1
             mids.append(conf[m].mean())
             accs.append(correct[m].mean())
             counts.append(m.sum())
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ax.plot(mids, accs, "-o", label="model")
     for x, a, c in zip(mids, accs, counts):

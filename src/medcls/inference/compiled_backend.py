@@ -8,11 +8,11 @@ normalisation and the outputs stay float32."""
 from __future__ import annotations
 
 import copy
-import logging
 
 import numpy as np
 import torch
 
+from medcls.core.logs import quieted
 from medcls.core.messages import first_line
 from medcls.inference.backend import parallel_runs
 from medcls.inference.export import InferenceGraph
@@ -49,8 +49,6 @@ class CompiledBackend:
         backbone.register_forward_pre_hook(
             lambda module, args: (args[0].to(self.dtype, memory_format=torch.channels_last),))
         self.feature_width = sum(graph.net.blocks)
-        # The C++ toolchain's probe warns that a CPU-only machine has no CUDA: noise to a CPU user.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.graph = graph  # the module compiled: uint8 images -> (logits, features)
         self._graph = torch.compile(graph, options={"freezing": True}, dynamic=False)
 
@@ -64,7 +62,9 @@ class CompiledBackend:
             if start and n < self.batch_size:  # a short last batch runs padded: no compile for its shape
                 batch = torch.cat([batch, batch.new_zeros((self.batch_size - n, *batch.shape[1:]))])
             try:
-                z, f = self._graph(batch)
+                # The C++ toolchain's probe warns that a CPU-only machine has no CUDA: noise to a CPU user.
+                with quieted("torch.utils.cpp_extension"):
+                    z, f = self._graph(batch)
             except torch._dynamo.exc.BackendCompilerFailed as exc:
                 raise CompileError(f"compiling the model failed (TorchInductor needs a C++ compiler such as "
                                    f"gcc; run without --compile): {first_line(exc)}") from None

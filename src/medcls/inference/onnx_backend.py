@@ -13,7 +13,7 @@ import numpy as np
 
 from medcls.core.messages import first_line
 from medcls.inference.backend import parallel_runs
-from medcls.models.checkpoint import CheckpointError, ModelInfo
+from medcls.models.checkpoint import CheckpointError, ModelInfo, upgrade_info
 
 METADATA_KEY = "medcls"
 INPUT_NAME = "image"
@@ -24,7 +24,7 @@ def info_metadata(info: ModelInfo) -> dict[str, str]:
     """The ONNX ``metadata_props`` entries that make an exported file self-contained."""
     from medcls.core.version import __version__
 
-    # Tensors in extras (the OOD detector's state) are stored as nested lists.
+    # Tensors (the OOD detector's state) are stored as nested lists.
     return {METADATA_KEY: json.dumps({"medcls_version": __version__, "info": dataclasses.asdict(info)},
                                      default=lambda o: o.tolist())}
 
@@ -75,7 +75,7 @@ def load_onnx(path: str | Path, batch_size: int = 32, threads: int | None = None
     if meta is None:
         raise CheckpointError(f"{path} is an ONNX model without medcls metadata (make it with `medcls export`)")
     try:
-        info = ModelInfo(**json.loads(meta)["info"])
+        info = ModelInfo(**upgrade_info(json.loads(meta)["info"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: damaged medcls metadata ({exc})") from None
     names = [o.name for o in session.get_outputs()]

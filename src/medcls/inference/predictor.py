@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +33,29 @@ def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction: a row of the stable table (see :meth:`row`)."""
+
+    path: str
+    prediction: str
+    probabilities: dict[str, float]
+    ood_score: Optional[float] = None  # None for a model without an OOD detector
+    in_distribution: Optional[bool] = None
+
+    def row(self) -> dict[str, Any]:
+        """The stable table's columns: ``path``, ``prediction``, ``p_<CLASS>``..., ``ood_score``,
+        ``in_distribution``."""
+        return {"path": self.path, "prediction": self.prediction,
+                **{f"p_{c}": p for c, p in self.probabilities.items()},
+                "ood_score": self.ood_score, "in_distribution": self.in_distribution}
+
+
 def prediction_rows(names: Sequence[str], probs: np.ndarray, info: ModelInfo,
-                    ood_scores: np.ndarray | None = None) -> list[dict]:
-    """The stable table: ``path``, ``prediction``, then ``p_<CLASS>`` for each class, then
-    ``ood_score`` and ``in_distribution`` (None for a model without an OOD detector)."""
+                    ood_scores: np.ndarray | None = None) -> list[Prediction]:
+    """One :class:`Prediction` per name, decided by the model's rule (threshold or argmax)."""
     labels = decide(probs, info)
-    return [{"path": name, "prediction": info.classes[k],
-             **{f"p_{c}": round(float(p), 6) for c, p in zip(info.classes, row)}, **ood}
+    return [Prediction(name, info.classes[k], {c: round(float(p), 6) for c, p in zip(info.classes, row)}, **ood)
             for name, k, row, ood in zip(names, labels, probs, ood_columns(ood_scores, info, len(names)))]
 
 
@@ -107,14 +124,14 @@ class Predictor:
         logits, features = self.backend.outputs(images)
         return logits, self.ood.score(features, logits)
 
-    def predict_rows(self, images: np.ndarray, names: Sequence[str]) -> list[dict]:
-        """Prediction rows (the stable table) for preprocessed uint8 images."""
+    def predict_rows(self, images: np.ndarray, names: Sequence[str]) -> list[Prediction]:
+        """Predictions for preprocessed uint8 images."""
         logits, ood_scores = self.outputs(images)
         return prediction_rows(names, logits_to_probs(logits, self.info.temperature), self.info, ood_scores)
 
     def predict(self, sources: Iterable[Source], names: Sequence[str] | None = None
-                ) -> tuple[list[dict], dict[str, str]]:
-        """Predict each source; returns (rows, {name: error}) for those that could not be read."""
+                ) -> tuple[list[Prediction], dict[str, str]]:
+        """Predict each source; returns (predictions, {name: error}) for those that could not be read."""
         sources = list(sources)
         names = list(names) if names is not None else [str(s) for s in sources]
         arrays, kept, errors = [], [], {}
@@ -129,9 +146,10 @@ class Predictor:
         return self.predict_rows(np.stack(arrays), kept), errors
 
 
-def predictions_text(rows: list[dict], fmt: str) -> str:
+def predictions_text(rows: Sequence[dict[str, Any]], fmt: str) -> str:
+    """Table rows (e.g. :meth:`Prediction.row`) as ``csv`` or ``json`` text."""
     if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
+        return json.dumps(list(rows), indent=2) + "\n"
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -140,16 +158,20 @@ def predictions_text(rows: list[dict], fmt: str) -> str:
     return buf.getvalue()
 
 
-def write_predictions(rows: list[dict], out: str | Path) -> Path:
-    """Write rows as CSV or JSON (by the file's suffix)."""
+def write_predictions(predictions: Sequence[Prediction], out: str | Path,
+                      labels: Sequence[str] | None = None) -> Path:
+    """Write the table as CSV or JSON (by the file's suffix); ``labels``: a true-label column."""
     out = Path(out)
+    rows = [p.row() for p in predictions]
+    if labels is not None:
+        rows = [{**row, "label": label} for row, label in zip(rows, labels)]
     fmt = "json" if out.suffix.lower() == ".json" else "csv"
     atomic_write_text(out, predictions_text(rows, fmt))
     return out
 
 
 def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None,
-                  compile: bool = False) -> tuple[list[dict], dict[str, str]]:
+                  compile: bool = False) -> tuple[list[Prediction], dict[str, str]]:
     """Predict image files and folders with ``model`` (checkpoint or ONNX; default: the
     shipped model; ``compile``: bf16 TorchInductor, for many images); optionally write ``out``."""
     from medcls.assets import shipped_model

@@ -20,11 +20,25 @@ from medcls.core.messages import first_line
 from medcls.models import ImageClassifier, build_model
 
 FORMAT = "medcls-checkpoint"
-FORMAT_VERSION = 1
+# 2: the OOD detector's state is the typed field ``ModelInfo.ood`` (was ``extras["ood"]``).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
     """A file is not a usable medcls checkpoint; the message names the file and why."""
+
+
+@dataclass
+class OODState:
+    """The fitted out-of-distribution detector (see :class:`medcls.ood.detector.OODDetector`):
+    plain values and tensors, so that ``torch.load(weights_only=True)`` reads it."""
+
+    method: str
+    threshold: float  # a score above it flags the image
+    flag_rate: float  # share of validation flagged at ``threshold``
+    blocks: list[int]  # feature block sizes (scales..., penultimate)
+    gaussians: list[dict] = field(default_factory=list)  # per block: "block", "means", "whitening", "scale"
+    augmented: bool = False  # the Gaussians saw augmented copies of the training images too
 
 
 @dataclass
@@ -47,7 +61,11 @@ class ModelInfo:
     test_digest: Optional[str] = None  # SHA-256 of the frozen test split it must be evaluated on
     test_fingerprint: Optional[str] = None  # SHA-256 of that split's file contents (medcls.data.fingerprint)
     config: dict = field(default_factory=dict)
-    extras: dict = field(default_factory=dict)  # optional add-ons (e.g. OOD detector state)
+    ood: Optional[OODState] = None  # None: trained before medcls had a detector
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ood, dict):  # as read back from a file
+            self.ood = OODState(**self.ood)
 
     @property
     def num_classes(self) -> int:
@@ -60,6 +78,16 @@ class ModelInfo:
     @property
     def binary(self) -> bool:
         return self.num_classes == 2
+
+
+def upgrade_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``info`` of any earlier format in today's form (the one migration: format 1 kept the
+    OOD state in ``extras["ood"]``; ONNX files exported then carry the same)."""
+    if "extras" not in info:
+        return info
+    info = dict(info)
+    info["ood"] = info.pop("extras").get("ood")
+    return info
 
 
 def build_net(info: ModelInfo) -> ImageClassifier:
@@ -131,7 +159,7 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
     if recorded and content_digest({"info": payload.get("info"), "state_dict": payload.get("state_dict")}) != recorded:
         raise CheckpointError(f"{path} is damaged: its contents do not match the SHA-256 recorded when it was written")
     try:
-        info = ModelInfo(**payload["info"])
+        info = ModelInfo(**upgrade_info(payload["info"]))
         net = build_net(info)
         net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:

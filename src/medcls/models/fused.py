@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -40,7 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcls.core.logs import quieted
 from medcls.core.messages import first_line
+
+log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
 
@@ -48,8 +50,12 @@ SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
 @functools.lru_cache(maxsize=None)
 def extension():
     """The compiled kernels' module, or None (with one warning) where they cannot be built."""
-    # Imported here, after quieting it: the module warns on import that a CPU machine has no CUDA.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # Imported and used quieted: the module warns that a CPU machine has no CUDA.
+    with quieted("torch.utils.cpp_extension"):
+        return _build()
+
+
+def _build():
     from torch.utils import cpp_extension
 
     if shutil.which("ninja") is None:  # the ninja wheel's binary, where the venv is not on PATH
@@ -70,8 +76,7 @@ def extension():
         return cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
                                   extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # no compiler, no ninja, a failed build: PyTorch's ops still work
-        print(f"medcls: fused training kernels unavailable, using PyTorch's ops ({first_line(exc)})",
-              file=sys.stderr)
+        log.warning("fused training kernels unavailable, using PyTorch's ops (%s)", first_line(exc))
         return None
 
 

@@ -32,7 +32,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from medcls.config import AugmentConfig
-from medcls.models.checkpoint import ModelInfo
+from medcls.models.checkpoint import ModelInfo, OODState
 from medcls.ood.features import OODFeatures, logits_and_features, reference_features
 
 METHODS = ("mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit")
@@ -97,27 +97,24 @@ class OODDetector:
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         return scores <= self.threshold
 
-    def to_state(self) -> dict:
-        """Plain values and tensors, loadable with ``torch.load(weights_only=True)``."""
-        return {"method": self.method, "threshold": float(self.threshold), "flag_rate": float(self.flag_rate),
-                "blocks": list(self.blocks), "augmented": self.augmented,
-                "gaussians": [{"block": b, "means": torch.from_numpy(g.means.astype(np.float32)),
-                               "whitening": torch.from_numpy(g.whitening.astype(np.float32)), "scale": float(g.scale)}
-                              for b, g in self.gaussians.items()]}
+    def to_state(self) -> OODState:
+        """The checkpoint's record: plain values and tensors."""
+        return OODState(self.method, float(self.threshold), float(self.flag_rate), list(self.blocks),
+                        [{"block": b, "means": torch.from_numpy(g.means.astype(np.float32)),
+                          "whitening": torch.from_numpy(g.whitening.astype(np.float32)), "scale": float(g.scale)}
+                         for b, g in self.gaussians.items()], self.augmented)
 
     @classmethod
-    def from_state(cls, state: dict) -> "OODDetector":
+    def from_state(cls, state: OODState) -> "OODDetector":
         # tensors in a checkpoint, nested lists in an ONNX file's JSON metadata
         gaussians = {g["block"]: Gaussians(np.asarray(g["means"], np.float32), np.asarray(g["whitening"], np.float32),
-                                           g["scale"]) for g in state["gaussians"]}
-        return cls(state["method"], state["threshold"], state["flag_rate"], list(state["blocks"]), gaussians,
-                   bool(state.get("augmented", False)))  # older checkpoints: fitted without copies
+                                           g["scale"]) for g in state.gaussians}
+        return cls(state.method, state.threshold, state.flag_rate, list(state.blocks), gaussians, state.augmented)
 
     @classmethod
     def from_info(cls, info: ModelInfo) -> Optional["OODDetector"]:
         """The detector stored in a checkpoint, or None for models trained without one."""
-        state = info.extras.get("ood")
-        return cls.from_state(state) if state else None
+        return cls.from_state(info.ood) if info.ood is not None else None
 
 
 def fit_detector(method: str, blocks: list[int], train_features: np.ndarray, train_labels: np.ndarray,
@@ -155,5 +152,5 @@ def ood_columns(scores: Optional[np.ndarray], info: ModelInfo, n: int) -> list[d
     """The ``ood_score`` and ``in_distribution`` columns of ``n`` prediction rows (None without a detector)."""
     if scores is None:
         return [{"ood_score": None, "in_distribution": None}] * n
-    threshold = info.extras["ood"]["threshold"]
+    threshold = info.ood.threshold
     return [{"ood_score": round(float(s), 4), "in_distribution": bool(s <= threshold)} for s in scores]

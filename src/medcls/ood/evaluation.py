@@ -8,16 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
 from medcls.data.images import Source, expand_paths
 
 if TYPE_CHECKING:
     from medcls.ood.detector import OODDetector
-
-console = Console(stderr=True)
 
 
 class OODEvaluationError(ValueError):
@@ -62,25 +58,7 @@ def evaluate_ood(predictor: ScoresImages, test_scores: np.ndarray, folders: Sequ
         rows, errors = predictor.predict(files)
         if not rows:
             raise OODEvaluationError(f"no readable images in {folder}")
-        scores = np.array([r["ood_score"] for r in rows])
+        scores = np.array([r.ood_score for r in rows])
         out["foreign"][str(folder)] = {**separation(test_scores, scores, detector.threshold),
                                        "unreadable": len(errors)}
     return out
-
-
-def print_ood(ood: dict) -> None:
-    table = Table(title=f"Out-of-distribution flag ({ood['method']}, threshold {ood['threshold']:.3f})")
-    table.add_column("images")
-    table.add_column("n", justify="right")
-    table.add_column("flagged", justify="right")
-    table.add_column("AUROC vs test", justify="right")
-    table.add_row("test split", str(ood["test"]["n"]), f"{ood['test']['flagged']:.1%}", "")
-    for name, c in ood["test"].get("by_class", {}).items():
-        table.add_row(f"  test, {name}", str(c["n"]), f"{c['flagged']:.1%}", "")
-    for name, s in ood["foreign"].items():
-        table.add_row(name, str(s["n"]), f"{s['flagged']:.1%}", f"{s['auroc']:.4f}")
-    accuracy = ood["test"].get("accuracy")
-    if accuracy and None not in accuracy.values():
-        table.caption = (f"test accuracy: {accuracy['in_distribution']:.1%} of unflagged images, "
-                         f"{accuracy['flagged']:.1%} of flagged ones")
-    console.print(table)

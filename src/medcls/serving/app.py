@@ -33,7 +33,7 @@ from starlette.formparsers import MultiPartException
 from medcls.core.version import __version__
 from medcls.data.images import ImageLoadError, load_image
 from medcls.explain.gradcam import Explainer
-from medcls.inference.predictor import Predictor
+from medcls.inference.predictor import Prediction, Predictor
 from medcls.models.checkpoint import checkpoint_summary
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.limits import BodyLimit, UploadTooLarge
@@ -91,15 +91,13 @@ PROBLEMS = {code: {"model": Problem, "description": text} for code, text in [
     (415, "not multipart/form-data, or a part that is not an image"), (422, "an image cannot be read")]}
 
 
-def image_result(row: dict, predictor: Predictor, model_id: str, latency_ms: float) -> dict:
-    """A prediction-table row as the service's per-image JSON object."""
-    info, row = predictor.info, dict(row)
-    result = {"file": row.pop("path"), "class": row.pop("prediction"),
-              "probabilities": {c: row.pop(f"p_{c}") for c in info.classes}}
-    result.update(row)  # further table columns flow through unchanged
-    result.update(threshold=info.threshold if info.binary else None, model_id=model_id,
-                  latency_ms=round(latency_ms, 2))
-    return result
+def image_result(pred: Prediction, predictor: Predictor, model_id: str, latency_ms: float) -> dict:
+    """A prediction as the service's per-image JSON object."""
+    info = predictor.info
+    return {"file": pred.path, "class": pred.prediction, "probabilities": dict(pred.probabilities),
+            "ood_score": pred.ood_score, "in_distribution": pred.in_distribution,
+            "threshold": info.threshold if info.binary else None, "model_id": model_id,
+            "latency_ms": round(latency_ms, 2)}
 
 
 async def read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:

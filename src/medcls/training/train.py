@@ -4,6 +4,7 @@ one self-contained ``model.pt`` in the run folder."""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import resource
@@ -24,7 +25,6 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
-from rich.console import Console
 
 from medcls.config import Config, save_config
 from medcls.config.checks import check_run_config
@@ -32,12 +32,9 @@ from medcls.core.io import atomic_write_json
 from medcls.data.fingerprint import data_fingerprint, file_sha256
 from medcls.data.prepared import PreparedData, make_loader, prepare_data
 from medcls.data.split import split_digest, write_manifest
-from medcls.metrics.calibration import fit_temperature
-from medcls.metrics.threshold import choose_threshold
 from medcls.models import build_model
 from medcls.models.checkpoint import ModelInfo, save_checkpoint
-from medcls.models.inference import batch_logits, logits_to_probs
-from medcls.ood.detector import fit_ood
+from medcls.training.calibrate import fit_calibration, record_calibration
 from medcls.training.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
@@ -45,7 +42,7 @@ from medcls.training.checkpointing import (
 )
 from medcls.training.module import LitClassifier
 
-console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 class EpochTimer(pl.Callback):
@@ -146,11 +143,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     its own split; use :func:`medcls.training.resume.resume`. ``callbacks`` are extra
     Lightning callbacks. Under DDP, processes that Lightning launches for ranks > 0 reuse
     rank 0's run folder; with torchrun or SLURM pass the same ``run_dir`` to every rank."""
+    threads = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)  # for this run only: restored below
+    try:
+        return _fit_then_calibrate(cfg, run_dir, quiet, resume_from, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, resume_from: str | Path | None,
+                        callbacks: list[pl.Callback] | None) -> Path:
     tcfg = cfg.train
     check_run_config(cfg)
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
     data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
     if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
         run_dir = os.environ["MEDCLS_RUN_DIR"]
@@ -215,28 +221,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         module.load_state_dict(state)
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
 
-    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
-    val_labels = data.labels["val"]
-    temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate and len(val_labels) else 1.0
-    info = ModelInfo(
+    calibration = fit_calibration(net, cfg, data)
+    info = calibration.apply(ModelInfo(
         arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
-        color_mode=data.color_mode, mean=mean, std=std, temperature=temperature, tta=cfg.eval.tta,
-        input_norm=cfg.model.input_norm,
+        color_mode=data.color_mode, mean=mean, std=std, tta=cfg.eval.tta, input_norm=cfg.model.input_norm,
         positive_class=data.index.positive_class, ordinal=data.index.ordinal,
         referable_from=data.index.referable_from,
         test_digest=split_digest(data.index, data.splits, "test"), test_fingerprint=fingerprint["test"],
         config=cfg.to_dict(),
-    )
-    why = "argmax of class probabilities"
-    if info.binary and len(val_labels):
-        probs = logits_to_probs(val_logits, temperature)[:, 1]
-        info.threshold, why = choose_threshold(val_labels, probs, cfg.eval.threshold_rule,
-                                               cfg.eval.target_sensitivity, cfg.eval.fixed_threshold)
-        info.threshold_rule = cfg.eval.threshold_rule
-    if len(val_labels):
-        info.extras["ood"] = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"),
-                                     cfg.eval.ood_flag_rate, cfg.eval.ood_method, cfg.data.batch_size,
-                                     cfg.eval.tta, cfg.augment if cfg.eval.ood_augmented else None).to_state()
+    ))
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
     device = trainer.strategy.root_device
@@ -244,12 +237,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         "fit_seconds": round(fit_seconds, 1), "epochs_run": trainer.current_epoch,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {os.cpu_count()} cores",
         "best_epoch_score": float(best.best_model_score) if best.best_model_score is not None else None,
-        "monitor": tcfg.monitor, "temperature": temperature, "threshold": info.threshold,
-        "threshold_reason": why, "per_epoch": per_epoch,
+        "monitor": tcfg.monitor, "per_epoch": per_epoch,
         "mean_images_per_s": round(float(np.mean([e["images_per_s"] for e in per_epoch])), 2) if per_epoch else None,
         "parameters": sum(p.numel() for p in net.parameters()),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
-    if not quiet:
-        console.print(f"trained in {fit_seconds:.0f} s; operating point: {why}; temperature {temperature:.3f}")
+    record_calibration(run, calibration)
+    log.info("trained in %.0f s; operating point: %s; temperature %.3f", fit_seconds, calibration.threshold_reason,
+             calibration.temperature)
     return run

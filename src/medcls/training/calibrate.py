@@ -1,0 +1,105 @@
+"""The second half of training: fit what turns a network's logits into decisions — the
+temperature, the binary threshold and the out-of-distribution detector — on the run's own
+validation split. Re-runnable on a finished run without retraining (e.g. with a new
+threshold rule)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from medcls.config import Config, config_from_dict
+from medcls.core.io import atomic_write_json
+from medcls.data.prepared import PreparedData, prepare_data
+from medcls.metrics.calibration import fit_temperature
+from medcls.metrics.threshold import choose_threshold
+from medcls.models.checkpoint import ModelInfo, OODState, load_checkpoint, save_checkpoint
+from medcls.models.inference import batch_logits, logits_to_probs
+from medcls.ood.detector import fit_ood
+
+log = logging.getLogger(__name__)
+
+
+class CalibrationError(ValueError):
+    """A run cannot be calibrated (no model, no validation split)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What was fitted on validation, and why."""
+
+    temperature: float
+    threshold: float  # binary: positive when p(positive) >= threshold; 0.5 for argmax models
+    threshold_rule: str
+    threshold_reason: str
+    ood: Optional[OODState]
+    n_val: int
+
+    def apply(self, info: ModelInfo) -> ModelInfo:
+        """``info`` with this calibration's temperature, threshold and detector."""
+        return dataclasses.replace(info, temperature=self.temperature, threshold=self.threshold,
+                                   threshold_rule=self.threshold_rule, ood=self.ood)
+
+
+def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
+    """Fit temperature (if ``eval.calibrate``), threshold (binary, by ``eval.threshold_rule``) and
+    the OOD detector of ``net`` on ``data``'s validation split; ``net`` is left unchanged."""
+    val_labels = data.labels["val"]
+    if not len(val_labels):
+        return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
+    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
+    temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate else 1.0
+    threshold, rule, why = 0.5, "argmax", "argmax of class probabilities"
+    if len(data.classes) == 2:
+        probs = logits_to_probs(val_logits, temperature)[:, 1]
+        threshold, why = choose_threshold(val_labels, probs, cfg.eval.threshold_rule, cfg.eval.target_sensitivity,
+                                          cfg.eval.fixed_threshold)
+        rule = cfg.eval.threshold_rule
+    ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
+                  cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
+                  cfg.augment if cfg.eval.ood_augmented else None).to_state()
+    return Calibration(temperature, threshold, rule, why, ood, int(len(val_labels)))
+
+
+def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,
+                  target_sensitivity: float | None = None, quiet: bool = False) -> Calibration:
+    """Refit the calibration of the finished run ``run`` on its frozen validation split (its
+    ``manifest.csv``) and rewrite its ``model.pt``; the weights are not touched. ``threshold_rule``
+    / ``target_sensitivity`` replace the run's ``eval`` settings (recorded in the checkpoint's config)."""
+    run = Path(run)
+    ckpt, manifest = run / "model.pt", run / "manifest.csv"
+    if not ckpt.is_file() or not manifest.is_file():
+        raise CalibrationError(f"{run} is not a finished run folder (needs model.pt and manifest.csv)")
+    net, info = load_checkpoint(ckpt)
+    cfg = config_from_dict(info.config)
+    if threshold_rule is not None:
+        cfg.eval.threshold_rule = threshold_rule
+    if target_sensitivity is not None:
+        cfg.eval.target_sensitivity = target_sensitivity
+    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
+    if data_root is not None:
+        data_cfg.root = str(data_root)
+    data = prepare_data(data_cfg, manifest, quiet=quiet)
+    if not len(data.labels["val"]):
+        raise CalibrationError(f"{run} has no validation split to calibrate on")
+    calibration = fit_calibration(net, cfg, data)
+    save_checkpoint(ckpt, net, dataclasses.replace(calibration.apply(info), config=cfg.to_dict()))
+    record_calibration(run, calibration)
+    log.info("calibrated %s on %d validation images: %s; temperature %.3f", run, calibration.n_val,
+             calibration.threshold_reason, calibration.temperature)
+    return calibration
+
+
+def record_calibration(run: Path, calibration: Calibration) -> None:
+    """Write the calibration's figures into the run's ``training.json`` (kept in step with ``model.pt``)."""
+    path = run / "training.json"
+    facts = json.loads(path.read_text()) if path.is_file() else {}
+    facts.update(temperature=calibration.temperature, threshold=calibration.threshold,
+                 threshold_reason=calibration.threshold_reason)
+    atomic_write_json(path, facts)
