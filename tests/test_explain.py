@@ -129,6 +129,24 @@ def test_predict_cli_writes_one_overlay_per_image(trained_run, tmp_path, capsys)
     assert main(args) == 0
     assert "2 heat-map overlay(s) written" in capsys.readouterr().out
     written = sorted((tmp_path / "maps").iterdir())
-    assert [p.name for p in written] == ["person1_virus_6-1.gradcam.png", "person1_virus_6.gradcam.png"]
-    assert Image.open(written[0]).size == (300, 190)
-    assert Image.open(written[1]).size == Image.open(XRAY_PAIR[1]).size
+    assert [p.name for p in written] == ["person1_virus_6-1.gradcampp.png", "person1_virus_6.gradcampp.png"]
+    # each PNG: the overlay at the image's own size (top left), a colour bar right, a caption band below
+    explained = Explainer.from_checkpoint(trained_run).explain([odd, XRAY_PAIR[1]])
+    for png, ex in zip(written, explained):
+        picture = np.asarray(Image.open(png).convert("RGB"))
+        h, w = ex.image.shape[:2]
+        assert picture.shape[0] > h and picture.shape[1] > w
+        assert np.abs(picture[:h, :w].astype(int) - ex.overlay()).max() <= 1
+        assert picture[h:, :w].min() < 100  # the caption's dark text on the white band
+    bar = picture[: ex.image.shape[0], ex.image.shape[1]:]
+    assert bar[..., 0].max() > 200 and bar[..., 2].max() > 200  # red (high) and blue (low) ends of the scale
+
+
+def test_a_labelled_picture_names_method_class_and_probability(tmp_path):
+    from medcls.explain.picture import annotate
+
+    overlay = np.full((120, 160, 3), 128, np.uint8)
+    a = annotate(overlay, "Grad-CAM++: PNEUMONIA, p = 0.912")
+    b = annotate(overlay, "Grad-CAM: NORMAL, p = 0.100")
+    assert a.shape[:2] == b.shape[:2] and (a[:120, :160] == 128).all()
+    assert (a[120:] != b[120:]).any()  # the caption is drawn, and differs with its text

@@ -9,12 +9,14 @@ from PIL import Image
 
 from medcls.api import evaluate
 from medcls.cli import main
+from medcls.evaluation.result import EvaluationResult
+from medcls.evaluation.verdict import verdict
 
 SECTIONS = {  # id -> heading: every part the report must have
-    "data": "Data summary and split", "training": "Training curves", "metrics": "Test metrics",
+    "verdict": "Verdict", "data": "Data summary and split", "training": "Training curves", "metrics": "Test metrics",
     "confusion-matrix": "Confusion matrix", "roc-pr": "ROC and precision-recall curves",
     "calibration": "Reliability diagram", "per-class": "Per-class results", "operating-point": "Operating point",
-    "errors": "Most confident errors, with Grad-CAM", "shortcut-check": "Shortcut check",
+    "errors": "Most confident errors, with Grad-CAM++", "shortcut-check": "Shortcut check",
     "config": "Run configuration",
 }
 NS = {"h": "http://www.w3.org/1999/xhtml"}
@@ -32,11 +34,12 @@ def parse_strict(text: str):
     return html5lib.HTMLParser(strict=True, namespaceHTMLElements=True).parse(text)
 
 
-def check_page(html_path):
-    """The report as a document: valid HTML, every section with its heading, images inline only."""
+def check_page(html_path, method: str = "Grad-CAM++"):
+    """The report as a document: valid HTML, every section with its heading (the errors' names the
+    heat-map method), images inline only."""
     text = html_path.read_text()
     doc = parse_strict(text)
-    for section_id, heading in SECTIONS.items():
+    for section_id, heading in {**SECTIONS, "errors": f"Most confident errors, with {method}"}.items():
         section = doc.find(f".//h:section[@id='{section_id}']", NS)
         assert section is not None, section_id
         assert section.find("h:h2", NS).text == heading
@@ -76,12 +79,14 @@ def test_binary_report(binary_eval, tmp_path):
     doc, images = check_page(html)
     text = html.read_text()
     for needle in ("False positives (true NORMAL, predicted PNEUMONIA)", "False negatives (true PNEUMONIA, predicted NORMAL)",
-                   "Youden", "roc_auc", "p(PNEUMONIA) &ge;", "central box", "arch: seed-cnn"):
+                   "Youden", "roc_auc", "p(PNEUMONIA) &ge;", "central box", "arch: seed-cnn",
+                   "Sensitivity (recall)", "Specificity", verdict(result).headline):
         assert needle in text, needle
+    assert doc.find(".//h:section[@id='verdict']", NS) is not None
     (_, fp), (fn, _) = result.confusion_matrix
     shown = min(fp, 6) + min(fn, 6)  # the six most confident of each kind
     assert shown > 0 and len(doc.findall(".//h:section[@id='errors']//h:img", NS)) == shown
-    assert len(list((out / "gradcam").glob("*.gradcam.png"))) == shown
+    assert len(list((out / "gradcam").glob("*.gradcampp.png"))) == shown
     shortcut = json.loads((out / "metrics.json").read_text())["shortcut_check"]
     assert shortcut == json.loads((out / "report.json").read_text())["shortcut_check"]
     assert shortcut["images"] == 64 and 0 <= shortcut["mean_outside"] <= 1 and shortcut["region"] == "box"
@@ -100,8 +105,11 @@ def test_five_class_report(fundus_run, tmp_path):
     _, images = check_page(html)
     text = html.read_text()
     for needle in ("Most confident wrong predictions", "Proliferate DR", "qwk", "inscribed ellipse",
-                   "most probable one"):
+                   "most probable one", "Quadratic weighted kappa", "ROC AUC, one class vs the rest (mean)"):
         assert needle in text, needle
+    judged = verdict(EvaluationResult.load(tmp_path / "metrics.json"))
+    assert ("Do not use this model" in text) == (judged.level == "unusable")
+    assert all(w in text for w in judged.warnings)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["shortcut_check"]["region"] == "ellipse"
     assert sum(map(len, report["confident_errors"].values())) == 12
@@ -114,7 +122,7 @@ def test_report_command_and_its_errors(trained_run, binary_eval, tmp_path, capsy
     (copy / "report.html").unlink()
     assert main(["report", str(trained_run), "--eval-dir", str(copy), "--cam", "gradcam"]) == 0
     assert f"report written to {copy / 'report.html'}" in capsys.readouterr().out
-    check_page(copy / "report.html")
+    check_page(copy / "report.html", method="Grad-CAM")
     assert json.loads((copy / "report.json").read_text())["shortcut_check"]["method"] == "gradcam"
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -72,6 +72,8 @@ def test_audit_finds_planted_duplicates_and_conflicts(planted, tmp_path):
     planted_row = next(r for r in rows if r["path"] == "Severe DR/planted_copy.jpg")
     assert planted_row["conflict"] == "yes" and planted_row["kind"] == "exact"
     assert json.loads((tmp_path / "out" / "audit.json").read_text())["conflict_groups"] == audit.summary.conflict_groups
+    picture = Image.open(tmp_path / "out" / "audit_pairs.png")  # one row per group shown, conflicts first
+    assert picture.size[1] >= 2.1 * 100 * min(len(audit.groups), 8) * 0.9
 
     # A second audit of the same files reads the cached hashes instead of decoding again.
     cached = list(cache.glob("audit-*.json"))

@@ -356,6 +356,8 @@ def test_web_page_in_chromium(server, client, tmp_path):
             page.on("requestfailed", lambda r: failed.append(r.url))
             page.goto(server)
             page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+            # before the first upload: no answer area, so no broken-image placeholder
+            assert not page.locator("#output").is_visible() and not page.locator("#preview").is_visible()
             assert "classes: NORMAL, PNEUMONIA" in page.inner_text("#model")
             for path in (image, dicom):
                 page.set_input_files("#file", str(path))

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from medcls.data.audit import HASH_SIZE, AuditSummary
 from medcls.evaluation.result import EvaluationResult
+from medcls.evaluation.verdict import verdict
+from medcls.metrics.classification import metric_name
 
 console = Console(stderr=True)
 
@@ -53,10 +55,14 @@ def show_evaluation(result: EvaluationResult) -> None:
     table.add_column("95% CI", justify="right")
     for key, value in result.metrics.items():
         lo_hi = result.ci95.get(key)
-        table.add_row(key, f"{value:.4f}", f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi else "")
+        table.add_row(metric_name(key), f"{value:.4f}", f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi else "")
     console.print(table)
     if result.ood is not None:
         show_ood(result.ood)
+    judged = verdict(result)
+    console.print(judged.headline)
+    for warning in judged.warnings:
+        console.print(f"[bold red]WARNING: {warning}" if judged.level == "unusable" else f"[yellow]caution: {warning}")
 
 
 def show_ood(ood: dict) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
+from medcls.core.figures import save_png, subplots
 from medcls.core.io import atomic_write_json, atomic_write_text
 from medcls.core.paths import default_cache_dir
 from medcls.data.cache import cache_key
@@ -238,7 +239,33 @@ def audit_dataset(root: str | Path, dataset: str = "class-folders", out_dir: str
         out = Path(out_dir)
         atomic_write_text(out / "audit.csv", audit_csv(audit))
         atomic_write_json(out / "audit.json", audit.summary.to_dict())
+        if audit.groups:
+            pairs_picture(audit, out / "audit_pairs.png")
     return audit
+
+
+def pairs_picture(audit: Audit, path: Path, groups: int = 8, per_group: int = 4, size: int = 128) -> Path:
+    """A PNG of the first ``groups`` duplicate groups, label conflicts first: one row per group,
+    its images side by side with their class and file name (what a person checks by eye)."""
+    shown = sorted(audit.groups, key=lambda g: (not g.conflict, g.id))[:groups]
+    fig, axes = subplots(len(shown), per_group, figsize=(1.9 * per_group, 2.1 * len(shown)), squeeze=False)
+    index = audit.index
+    for row, g in zip(axes, shown):
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            if j >= len(g.members):
+                continue
+            s = index.samples[g.members[j]]
+            try:
+                img = load_image(s.path, "rgb", size)
+                ax.imshow(img)
+            except ImageLoadError:
+                ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+            ax.set_title(f"{index.classes[s.label]}\n{s.path.name[:22]}", fontsize=6,
+                         color="#c0392b" if g.conflict else "black")
+        row[0].text(-0.08, 0.5, f"group {g.id}: {g.kind}{', CONFLICT' if g.conflict else ''}",
+                    transform=row[0].transAxes, ha="right", va="center", fontsize=7, rotation=90)
+    return save_png(fig, path, dpi=100)
 
 
 def deduplicate(index: DatasetIndex, audit: Audit, exclude_conflicts: bool = True

@@ -5,3 +5,4 @@ METHOD_NAMES = ("gradcam", "gradcam++")
 # channel sum is negative everywhere, which a dense head (the seed CNN's) often gives for
 # one of the two classes; Grad-CAM++ weighs positive gradients only.
 DEFAULT_METHOD = "gradcam++"
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}  # as people write them

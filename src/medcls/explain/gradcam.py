@@ -26,7 +26,8 @@ from torch import nn
 from medcls.core.io import atomic_path
 from medcls.data.images import Source, load_image
 from medcls.data.prepared import to_model_input
-from medcls.explain import DEFAULT_METHOD, METHOD_NAMES
+from medcls.explain import DEFAULT_METHOD, METHOD_LABELS, METHOD_NAMES
+from medcls.explain.picture import annotate
 from medcls.inference.predictor import Predictor, decide
 
 METHODS = dict(zip(METHOD_NAMES, (GradCAM, GradCAMPlusPlus)))
@@ -119,7 +120,13 @@ class Explanation:
         return overlay(self.image, self.cam)
 
     def save(self, path: str | Path) -> Path:
+        """The bare overlay, at the image's size."""
         return save_png(self.overlay(), path)
+
+    def save_labelled(self, path: str | Path, method: str) -> Path:
+        """The overlay with a colour bar and a caption naming the method, the class and its probability."""
+        caption = f"{METHOD_LABELS[method]}: {self.class_name}, p = {self.probability:.3f}"
+        return save_png(annotate(self.overlay(), caption), path)
 
 
 class Explainer:
@@ -184,13 +191,14 @@ class Explainer:
         return out
 
 
-def overlay_names(paths: Sequence[str | Path]) -> list[str]:
-    """``<stem>.gradcam.png`` per path, numbered where two inputs share a stem."""
+def overlay_names(paths: Sequence[str | Path], method: str = DEFAULT_METHOD) -> list[str]:
+    """``<stem>.<method>.png`` per path (``gradcampp`` for Grad-CAM++), numbered where two inputs share a stem."""
+    suffix = f".{method.replace('+', 'p')}.png"
     names, used = [], set()
     for p in paths:
-        stem, name, i = Path(p).stem, f"{Path(p).stem}.gradcam.png", 1
+        stem, name, i = Path(p).stem, f"{Path(p).stem}{suffix}", 1
         while name in used:
-            name, i = f"{stem}-{i}.gradcam.png", i + 1
+            name, i = f"{stem}-{i}{suffix}", i + 1
         used.add(name)
         names.append(name)
     return names
@@ -198,12 +206,13 @@ def overlay_names(paths: Sequence[str | Path]) -> list[str]:
 
 def explain_files(paths: Iterable[str | Path], model: str | Path, out_dir: str | Path, method: str = DEFAULT_METHOD,
                   layer: str | None = None) -> list[Path]:
-    """Write one Grad-CAM overlay PNG per image into ``out_dir`` (explaining the predicted class)."""
+    """Write one heat-map PNG per image into ``out_dir`` explaining the predicted class: the overlay at
+    the image's size, a colour bar and a caption (method, class, probability)."""
     paths = list(paths)
     explainer = Explainer.from_checkpoint(model, method=method, layer=layer)
-    targets = [Path(out_dir) / name for name in overlay_names(paths)]
+    targets = [Path(out_dir) / name for name in overlay_names(paths, method)]
     step = explainer.batch_size  # originals can be large: hold one batch of them at a time
     for start in range(0, len(paths), step):
         for ex, target in zip(explainer.explain(paths[start:start + step]), targets[start:start + step]):
-            ex.save(target)
+            ex.save_labelled(target, method)
     return targets

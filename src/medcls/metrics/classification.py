@@ -8,6 +8,21 @@ from typing import Callable
 import numpy as np
 from sklearn import metrics as skm
 
+# What people call the metrics (tables and reports); the keys stay the stable machine names.
+METRIC_NAMES = {
+    "accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
+    "specificity": "Specificity", "f1": "F1 score", "roc_auc": "ROC AUC", "pr_auc": "PR AUC (average precision)",
+    "balanced_accuracy": "Balanced accuracy", "macro_f1": "F1 score, mean over classes",
+    "weighted_f1": "F1 score, weighted by class size", "ovr_auc": "ROC AUC, one class vs the rest (mean)",
+    "qwk": "Quadratic weighted kappa", "referable_sensitivity": "Sensitivity for referable disease",
+    "referable_specificity": "Specificity for referable disease", "referable_auc": "ROC AUC for referable disease",
+}
+
+
+def metric_name(key: str) -> str:
+    """The plain name of metric ``key`` (the key itself where none is set)."""
+    return METRIC_NAMES.get(key, key)
+
 
 def binary_metrics(y: np.ndarray, p_pos: np.ndarray, threshold: float) -> dict:
     """Accuracy, precision, recall (sensitivity), specificity, F1, ROC AUC, PR AUC at ``threshold``."""

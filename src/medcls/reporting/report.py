@@ -22,7 +22,9 @@ from PIL import Image
 
 from medcls.core.io import atomic_write_json, atomic_write_text
 from medcls.data.images import ImageLoadError, load_image
-from medcls.explain import DEFAULT_METHOD
+from medcls.evaluation.result import EvaluationResult
+from medcls.evaluation.verdict import verdict
+from medcls.explain import DEFAULT_METHOD, METHOD_LABELS
 from medcls.explain.gradcam import Explainer, overlay, overlay_names, save_png
 from medcls.explain.shortcut import (
     default_region,
@@ -31,6 +33,7 @@ from medcls.explain.shortcut import (
     summarize,
 )
 from medcls.inference.predictor import Predictor
+from medcls.metrics.classification import metric_name
 
 THUMBNAIL = 320  # longest side of embedded overlays, px
 
@@ -118,7 +121,7 @@ def explain_errors(explainer: Explainer, groups: dict[str, list[dict]], classes:
     """Grad-CAM of each error for its (wrong) predicted class: a card per image, and
     the full-size overlay PNG in ``out_dir``."""
     every = [r for rows in groups.values() for r in rows]
-    names = dict(zip((r["path"] for r in every), overlay_names([r["path"] for r in every])))
+    names = dict(zip((r["path"] for r in every), overlay_names([r["path"] for r in every], explainer.method)))
     readable, missing = [], {}
     for r in every:
         try:
@@ -184,6 +187,7 @@ def _environment() -> Environment:
                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
+    env.filters["metric_name"] = metric_name
     env.filters["pct"] = lambda v: "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}%"
     return env
 
@@ -216,11 +220,12 @@ def write_report(run: str | Path, eval_dir: str | Path | None = None, metrics: d
     config_file = run / "config.yaml"
     page = _environment().get_template("report.html.j2").render(
         title=f"medcls report: {run.name}", generated=datetime.now().strftime("%Y-%m-%d %H:%M"), run=run.name,
-        info=info, metrics=metrics, training=training, data=_json(run / "data.json"),
+        info=info, metrics=metrics, verdict=verdict(EvaluationResult.from_dict(metrics)), training=training,
+        data=_json(run / "data.json"),
         inspection=_json(run / "inspection" / "inspection.json"), splits=manifest_stats(run / "manifest.csv"),
         plots={name: file_uri(out / f"{name}.png")
                for name in ("training_curves", "confusion_matrix", "roc", "pr", "reliability")},
-        errors=errors, shortcut=shortcut, shortcut_cards=shortcut_cards,
+        errors=errors, shortcut=shortcut, shortcut_cards=shortcut_cards, method_label=METHOD_LABELS[method],
         config_text=config_file.read_text() if config_file.is_file() else json.dumps(info.config, indent=2),
     )
     atomic_write_text(out / "report.html", page)
