@@ -10,7 +10,8 @@ import torch.nn.functional as F
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``labels`` under logits / temperature."""
     z = torch.as_tensor(logits, dtype=torch.float64) / temperature
-    y = torch.as_tensor(labels)
+    # cross_entropy refuses int32 targets; fit_temperature calls this with the caller's labels
+    y = torch.as_tensor(labels, dtype=torch.int64)
     if z.shape[1] == 1:
         return float(F.binary_cross_entropy_with_logits(z[:, 0], y.double()))
     return float(F.cross_entropy(z, y))

@@ -23,7 +23,9 @@ def choose_threshold(y_true: np.ndarray, p_pos: np.ndarray, rule: str, target_se
     # Every distinct score is a candidate: sklearn's default drops collinear points,
     # which can hide the highest threshold that reaches a target sensitivity.
     fpr, tpr, thr = roc_curve(y_true, p_pos, drop_intermediate=False)
-    thr = np.clip(thr, 0.0, 1.0)  # sklearn's first threshold is +inf
+    # sklearn's first point (+inf: nothing positive) is no score; clipped to 1.0 it would flag
+    # the images scored exactly 1.0, and the quoted operating point would not be the one used.
+    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]
     if rule == "youden":
         i = int(np.argmax(tpr - fpr))
         why = f"Youden's J on validation: sensitivity {tpr[i]:.3f}, specificity {1 - fpr[i]:.3f}"
