@@ -48,3 +48,8 @@ def test_many_flagged_test_images_call_for_caution():
 def test_every_metric_has_a_plain_name():
     assert metric_name("ovr_auc") == "ROC AUC, one class vs the rest (mean)" and metric_name("new") == "new"
     assert all(name != key for key, name in METRIC_NAMES.items())
+
+
+def test_a_class_mostly_missed_calls_for_caution():
+    judged = verdict(result([[100, 100], [2, 198]], {**GOOD, "specificity": 0.5}))
+    assert judged.level == "caution" and judged.warnings == ["50% of NORMAL test images are predicted as another class"]

@@ -16,6 +16,7 @@ CHANCE_AUC = 0.6
 CHANCE_QWK = 0.2
 COLLAPSED_SHARE = 0.95  # share of all predictions falling on one class
 MANY_FLAGGED = 0.2  # share of the test split flagged out-of-distribution
+LOW_RECALL = 0.6  # a class whose images are called something else this often is mostly missed
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def verdict(result: EvaluationResult) -> Verdict:
     if "qwk" in m and m["qwk"] < CHANCE_QWK:
         unusable = True
         warnings.append(f"near chance: {metric_name('qwk')} {m['qwk']:.3f} (below {CHANCE_QWK})")
+    for k, row in enumerate(cm):
+        if not unusable and row.sum() and row[k] / row.sum() < LOW_RECALL:
+            warnings.append(f"{1 - row[k] / row.sum():.0%} of {result.classes[k]} test images are predicted as "
+                            f"another class")
     flagged = (result.ood or {}).get("test", {}).get("flagged")
     if flagged is not None and flagged > MANY_FLAGGED:
         warnings.append(f"{flagged:.0%} of the test split is flagged out-of-distribution: the test images differ "
