@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from medcls.data.audit import Audit, DuplicateGroup, deduplicate
+from medcls.data.audit import Audit, AuditSummary, DuplicateGroup, deduplicate
 from medcls.data.datasets import DataError, DatasetIndex, Sample
 from medcls.data.split import make_split, merge_groups
 from medcls.metrics.calibration import expected_calibration_error, fit_temperature, nll
@@ -446,9 +446,11 @@ def audit_of(index: DatasetIndex, links: list[list[int]]) -> Audit:
     for gid, members in enumerate((m for m in links if len(m) > 1), start=1):
         labels = sorted({index.samples[i].label for i in members})
         groups.append(DuplicateGroup(gid, sorted(members), "exact", [index.classes[k] for k in labels]))
-    summary = dict.fromkeys(["exact_duplicate_sets", "exact_duplicate_images", "near_duplicate_groups",
-                             "duplicate_groups", "images_in_duplicate_groups", "conflict_groups",
-                             "conflict_images", "max_distance"], 0)
+    counts = dict.fromkeys(["images", "unreadable", "max_distance", "exact_duplicate_sets", "exact_duplicate_images",
+                            "exact_redundant_copies", "duplicate_groups", "near_duplicate_groups",
+                            "images_in_duplicate_groups", "within_class_groups", "conflict_groups", "conflict_images"], 0)
+    summary = AuditSummary(dataset=index.name, root=str(index.root), hash="", conflicts_by_classes={},
+                           unreadable_files={}, **counts)
     return Audit(index, groups, summary, [None] * len(index.samples))
 
 
