@@ -14,6 +14,31 @@ COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights w
                 "(measured 1.2-3x ONNX Runtime's images/s on a bf16 CPU; compiling takes seconds)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end in one line naming the problem (argparse would print the usage first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, lo: float, hi: float | None = None):
+    """An argparse type: a ``kind`` number in [lo, hi] (hi None: no upper bound)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (lo <= value and (hi is None or value <= hi)) or value != value:  # value != value: NaN
+            bound = f"{lo:g} to {hi:g}" if hi is not None else f"at least {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (allowed: {bound})")
+        return value
+    return parse
+
+
+PORT = _number(int, 1, 65535)
+COUNT = _number(int, 1)
+
+
 def _config(args):
     from medcls.config import load_config
 
@@ -135,7 +160,7 @@ def cmd_predict(args) -> int:
                                "(in_distribution NO): their predictions are untrusted.", style="bold red"))
     for name, reason in errors.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    if args.out:
+    if args.out and rows:
         print(f"{len(rows)} prediction(s) written to {args.out}")
     if args.explain and rows:
         written = explain([p.path for p in predictions], args.model, args.explain, args.cam, args.cam_layer)
@@ -217,7 +242,7 @@ def add_cam_options(p, layer: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medcls", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="medcls", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -240,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="data folder")
     p.add_argument("--dataset", default="class-folders", help="registered data set name")
     p.add_argument("--out", help="output folder for audit.csv and audit.json (default runs/audit)")
-    p.add_argument("--max-distance", type=int,
+    p.add_argument("--max-distance", type=_number(int, 0, 256),
                    help="near duplicates: largest phash Hamming distance, of 256 bits (default: the calibrated one)")
     p.set_defaults(fn=cmd_audit)
 
@@ -257,14 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder, if it moved since training")
     p.add_argument("--threshold-rule", choices=["youden", "sensitivity", "f1", "fixed"],
                    help="operating-point rule (default: the run's eval.threshold_rule)")
-    p.add_argument("--target-sensitivity", type=float, help="for --threshold-rule sensitivity")
+    p.add_argument("--target-sensitivity", type=_number(float, 0, 1), help="for --threshold-rule sensitivity")
     p.set_defaults(fn=cmd_recalibrate)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")
     p.add_argument("target", help="run folder or model.pt")
     p.add_argument("--data", help="data folder, if it moved since training")
     p.add_argument("--out", help="output folder (default: the run folder)")
-    p.add_argument("--bootstrap", type=int, help="bootstrap draws for the confidence intervals")
+    p.add_argument("--bootstrap", type=_number(int, 0), help="bootstrap draws for the confidence intervals")
     p.add_argument("--ood", nargs="+", metavar="FOLDER",
                    help="folders of foreign images: fraction flagged out-of-distribution and OOD AUROC vs test")
     p.set_defaults(fn=cmd_evaluate)
@@ -293,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="checkpoint (model.pt), run folder or exported .onnx "
                                          "(default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted request body")
-    p.add_argument("--max-files", type=int, default=16, help="most images in one request")
-    p.add_argument("--max-batch", type=int, help="most concurrent images run together "
+    p.add_argument("--port", type=PORT, default=8000)
+    p.add_argument("--max-upload-mb", type=_number(float, 0.001), default=20, help="largest accepted request body")
+    p.add_argument("--max-files", type=COUNT, default=16, help="most images in one request")
+    p.add_argument("--max-batch", type=COUNT, help="most concurrent images run together "
                    "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime and --compile, where batches do not help)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(fn=cmd_serve)
@@ -330,7 +355,7 @@ def _show_logs() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_logs()
-    from medcls.core.io import DISK_FULL
+    from medcls.core.io import DISK_FULL, NotWritableError, not_writable
     from medcls.errors import USER_ERRORS
 
     try:
@@ -339,7 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medcls {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:
-        if exc.errno not in DISK_FULL:  # a full disk met by a writer outside medcls.core.io (e.g. Lightning's log)
+        # Met outside medcls.core.io's writers (a folder made, Lightning's log): a full disk or a
+        # read-only folder is the user's to fix, anything else is a bug worth its traceback.
+        if not_writable(exc) and exc.filename:
+            print(f"medcls {args.command}: error: {NotWritableError(exc.filename, exc.errno)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if exc.errno not in DISK_FULL:
             raise
         print(f"medcls {args.command}: error: no space left on device while writing {exc.filename or 'the run'}; "
               f"free some space and run again", file=sys.stderr)

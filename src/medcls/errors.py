@@ -1,7 +1,7 @@
 """The user-facing error types: each message names the file, folder or key at fault."""
 
 from medcls.config import ConfigError
-from medcls.core.io import DiskFullError
+from medcls.core.io import DiskFullError, NotWritableError
 from medcls.core.registry import UnknownNameError
 from medcls.data.datasets import DataError
 from medcls.data.images import ImageLoadError
@@ -9,6 +9,7 @@ from medcls.evaluation.evaluate import EvaluationError
 from medcls.explain.gradcam import ExplainError
 from medcls.inference.compiled_backend import CompileError
 from medcls.inference.export import ExportError
+from medcls.inference.predictor import PredictError
 from medcls.models.checkpoint import CheckpointError
 from medcls.ood.evaluation import OODEvaluationError
 from medcls.reporting.report import ReportError
@@ -16,4 +17,4 @@ from medcls.training.calibrate import CalibrationError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
                ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError, OODEvaluationError,
-               CompileError, CalibrationError)
+               CompileError, CalibrationError, NotWritableError, PredictError)

@@ -84,7 +84,8 @@ def _check_hardware(cfg: Config) -> None:
             pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                        precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                        enable_model_summary=False)
-    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
+    # ImportError: an accelerator whose package is missing (tpu: torch_xla)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as exc:
         raise ConfigError(f"config keys 'train.accelerator'/'train.devices'/'train.strategy'/'train.num_nodes'/"
                           f"'train.precision' ({t.accelerator}, {t.devices!r}, {t.strategy}, {t.num_nodes}, "
                           f"{t.precision}): {first_line(exc)}") from None

@@ -1,7 +1,7 @@
 """Atomic file writes: write to a temporary file beside the target, flush it to
 disk, then rename, so a crash never leaves a half-written file that a later
 command would trust. A full disk is reported naming the file, and the previous
-version of that file is left as it was."""
+version of that file is left as it was; so is a folder the user may not write to."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class DiskFullError(OSError):
@@ -27,13 +28,45 @@ class DiskFullError(OSError):
                 f"untouched — free some space and run again")
 
 
+class NotWritableError(OSError):
+    """``filename`` (or its folder) may not be written: permissions or a read-only file system."""
+
+    def __init__(self, path: str | Path, code: int = errno.EACCES):
+        super().__init__(code, os.strerror(code), str(path))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror.lower()}; choose a folder you can write to"
+
+
+def not_writable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a refused write (permissions, read-only file system)."""
+    return isinstance(exc, OSError) and exc.errno in NOT_WRITABLE
+
+
+def _temporary_beside(path: Path) -> str:
+    """A new empty temporary file in ``path``'s folder (made if missing)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if not_writable(exc):  # name the file the user asked for, not the temporary one
+            raise NotWritableError(path, exc.errno) from None
+        raise
+    os.close(fd)
+    return tmp
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`NotWritableError` now if ``path`` could not be written later: before work
+    whose result would otherwise be lost. Creates its folder; leaves no file behind."""
+    os.unlink(_temporary_beside(Path(path)))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_beside(path)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
     try:
         yield Path(tmp)

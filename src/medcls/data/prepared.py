@@ -64,6 +64,8 @@ def prepare_data(cfg: DataConfig, manifest: str | Path | None = None, quiet: boo
     """Scan the data set, split it (or read ``manifest``), and decode it into the cache
     (``quiet``: no progress bars; warnings go to :mod:`logging`)."""
     index = load_index(cfg.dataset, cfg.root)
+    if index.num_classes < 2:
+        raise DataError(f"{index.root} has one class folder ({index.classes[0]}); a classifier needs at least two")
     if index.ignored:
         shown = ", ".join(str(p) for p in index.ignored[:5])
         log.warning("ignored %d non-image file(s): %s%s", len(index.ignored), shown,

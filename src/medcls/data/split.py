@@ -143,6 +143,15 @@ def read_manifest(path: str | Path, index: DatasetIndex) -> Splits:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split manifest not found: {path}")
+    try:
+        return _manifest_splits(path, index)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not a medcls split manifest (not CSV text: byte {exc.start} is not UTF-8)") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a medcls split manifest (not CSV: {exc})") from None
+
+
+def _manifest_splits(path: Path, index: DatasetIndex) -> Splits:
     by_rel = {s.path.relative_to(index.root).as_posix(): s for s in index.samples}
     splits: Splits = {name: [] for name in SPLITS}
     with path.open(newline="") as fh:

@@ -16,14 +16,30 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from medcls.core.io import atomic_write_text
-from medcls.data.images import ImageLoadError, Source, expand_paths, load_image
+from medcls.core.io import atomic_write_text, check_writable
+from medcls.data.images import IMAGE_SUFFIXES, ImageLoadError, Source, expand_paths, load_image
 from medcls.inference.backend import Backend
 from medcls.inference.onnx_backend import load_onnx
 from medcls.inference.torch_backend import TorchBackend
 from medcls.models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 from medcls.models.inference import logits_to_probs
 from medcls.ood.detector import OODDetector, ood_columns
+
+# The output table's formats, by the suffix of the file asked for.
+OUTPUT_FORMATS = {".csv": "csv", ".json": "json"}
+
+
+class PredictError(ValueError):
+    """Nothing to predict, or an output file of a format medcls does not write."""
+
+
+def output_format(out: str | Path) -> str:
+    """``csv`` or ``json``, by ``out``'s suffix; any other suffix is refused (rather than written as CSV)."""
+    fmt = OUTPUT_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise PredictError(f"cannot write predictions to {out}: the file name must end in "
+                           f"{' or '.join(OUTPUT_FORMATS)}")
+    return fmt
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -165,8 +181,7 @@ def write_predictions(predictions: Sequence[Prediction], out: str | Path,
     rows = [p.row() for p in predictions]
     if labels is not None:
         rows = [{**row, "label": label} for row, label in zip(rows, labels)]
-    fmt = "json" if out.suffix.lower() == ".json" else "csv"
-    atomic_write_text(out, predictions_text(rows, fmt))
+    atomic_write_text(out, predictions_text(rows, output_format(out)))
     return out
 
 
@@ -176,9 +191,16 @@ def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, 
     shipped model; ``compile``: bf16 TorchInductor, for many images); optionally write ``out``."""
     from medcls.assets import shipped_model
 
-    predictor = Predictor.load(model or shipped_model(), compile=compile)
+    paths = list(paths)
     files = expand_paths(paths)
+    if not files:
+        raise PredictError(f"no images found in {', '.join(map(str, paths))} "
+                           f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    if out is not None:  # before the work, which a refused file would lose
+        output_format(out)
+        check_writable(out)
+    predictor = Predictor.load(model or shipped_model(), compile=compile)
     rows, errors = predictor.predict(files)
-    if out is not None:
+    if out is not None and rows:  # no rows: no table (not even its header) to write
         write_predictions(rows, out)
     return rows, errors
