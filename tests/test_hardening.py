@@ -133,3 +133,86 @@ def test_serve_numbers_are_checked_before_anything_starts(args, needle):
                          cwd=ROOT, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
     assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 2-epoch run on a generated 2-class set at 32 px (seconds: PyTorch's ops, not the fused
+    kernels, which compile on first use); its checkpoints and model serve the tests below."""
+    from medcls.config import load_config
+    from medcls.training.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    data = class_folders(tmp / "data", n=12)
+    cfg = load_config(None, [
+        "data.dataset=class-folders", f"data.root={data}", "data.image_size=32", "data.workers=1",
+        "data.val_fraction=0.25", "data.test_fraction=0.25", "model.kwargs.padding=same", "train.epochs=2",
+        "train.early_stopping_patience=0", "train.fuse_relu_maxpool=false", "train.fuse_first_conv=false",
+        "eval.bootstrap=10", f"output_dir={tmp / 'runs'}"])
+    return train(cfg, quiet=True)
+
+
+def flip_in_largest_tensor(path, state_dict, byte: int, bit: int) -> None:
+    """Flip one bit of the stored bytes of ``state_dict``'s largest tensor in the file ``path``."""
+    big = max(state_dict.values(), key=lambda t: t.numel())
+    data = bytearray(path.read_bytes())
+    at = data.find(bytes(big.untyped_storage().tolist()[:4096]))  # as stored (e.g. channels-last)
+    assert at > 0
+    data[at + 4 * 100 + byte] ^= bit  # float 100 of the tensor
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("byte, bit", [(0, 0x01), (3, 0x40)], ids=["mantissa", "exponent"])
+def test_a_flipped_bit_in_last_ckpt_is_refused_on_resume(tiny_run, tmp_path, capsys, byte, bit):
+    """#20 item 7: ``train --resume`` on a damaged ``last.ckpt`` is one line and exit 2, not a silent
+    resume to other weights (mantissa) or a NaN traceback (exponent); the file is left as it was."""
+    import shutil
+
+    import torch
+
+    from medcls.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("training.json", "model.pt"):
+        (run / name).unlink()  # as if killed before the end
+    last = run / "checkpoints" / "last.ckpt"
+    flip_in_largest_tensor(last, torch.load(last, weights_only=True)["state_dict"], byte, bit)
+    damaged = last.read_bytes()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "last.ckpt is damaged" in err and "SHA-256" in err, err
+    assert last.read_bytes() == damaged and not (run / "model.pt").exists()
+
+
+def test_checkpoints_without_a_digest_load_with_a_warning(tiny_run, tmp_path, caplog):
+    """Files from before digests still load, but a removed digest (and a zeroed tensor) is not silent."""
+    import torch
+
+    from medcls.models.checkpoint import load_checkpoint
+    from medcls.training.checkpointing import DIGEST, read_training_checkpoint, save_training_checkpoint
+
+    payload = torch.load(tiny_run / "model.pt", weights_only=True)
+    del payload["sha256"]
+    name = max(payload["state_dict"], key=lambda k: payload["state_dict"][k].numel())
+    payload["state_dict"][name].zero_()
+    torch.save(payload, tmp_path / "model.pt")
+    with caplog.at_level("WARNING", logger="medcls"):
+        net, _ = load_checkpoint(tmp_path / "model.pt")
+    assert not net.state_dict()[name].any()
+    assert "model.pt has no recorded SHA-256" in caplog.text
+
+    ckpt = read_training_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
+    assert DIGEST not in ckpt and set(ckpt) >= {"state_dict", "optimizer_states", "callbacks"}
+    caplog.clear()
+    torch.save(ckpt, tmp_path / "old.ckpt")  # as Lightning wrote it before medcls recorded digests
+    with caplog.at_level("WARNING", logger="medcls"):
+        read_training_checkpoint(tmp_path / "old.ckpt")
+    assert "old.ckpt has no recorded SHA-256" in caplog.text
+    caplog.clear()
+    save_training_checkpoint(ckpt, tmp_path / "new.ckpt")  # as medcls writes it: round trip, no warning
+    with caplog.at_level("WARNING", logger="medcls"):
+        again = read_training_checkpoint(tmp_path / "new.ckpt")["state_dict"]
+    assert again.keys() == ckpt["state_dict"].keys()
+    assert all(torch.equal(again[k], ckpt["state_dict"][k]) for k in again)
+    assert "SHA-256" not in caplog.text

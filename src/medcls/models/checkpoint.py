@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +19,8 @@ import torch
 from medcls.core.io import atomic_torch_save
 from medcls.core.messages import first_line
 from medcls.models import ImageClassifier, build_model
+
+log = logging.getLogger(__name__)
 
 FORMAT = "medcls-checkpoint"
 # 2: the OOD detector's state is the typed field ``ModelInfo.ood`` (was ``extras["ood"]``).
@@ -124,6 +127,16 @@ def content_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def check_digest(path: str | Path, contents: Any, recorded: Optional[str]) -> None:
+    """Refuse ``contents`` (read from ``path``) unless their :func:`content_digest` is ``recorded``;
+    without a recorded digest (files from before digests, or one removed) warn: damage goes unnoticed."""
+    if not recorded:
+        log.warning("%s has no recorded SHA-256 (written by an older medcls, or the digest was removed): "
+                    "damage to its contents cannot be detected", path)
+    elif content_digest(contents) != recorded:
+        raise CheckpointError(f"{path} is damaged: its contents do not match the SHA-256 recorded when it was written")
+
+
 def save_checkpoint(path: str | Path, net: torch.nn.Module, info: ModelInfo) -> Path:
     """Write ``net``'s weights and ``info`` to ``path`` atomically, with their SHA-256."""
     from medcls.core.version import __version__
@@ -155,9 +168,7 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
                               f"(a Lightning training checkpoint? use the run's model.pt)")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer medcls ({payload.get('medcls_version')}); upgrade")
-    recorded = payload.get("sha256")  # absent in files written before digests were recorded
-    if recorded and content_digest({"info": payload.get("info"), "state_dict": payload.get("state_dict")}) != recorded:
-        raise CheckpointError(f"{path} is damaged: its contents do not match the SHA-256 recorded when it was written")
+    check_digest(path, {"info": payload.get("info"), "state_dict": payload.get("state_dict")}, payload.get("sha256"))
     try:
         info = ModelInfo(**upgrade_info(payload["info"]))
         net = build_net(info)

@@ -2,7 +2,9 @@
 LR schedule, epoch counters and callback states (best checkpoint, early stopping) from
 ``RUN/checkpoints/last.ckpt``; :class:`ExactResume` adds what Lightning leaves out
 (random states, the interrupted epoch-end scheduler step), and
-:class:`AtomicCheckpointIO` makes sure ``last.ckpt`` is never half-written."""
+:class:`AtomicCheckpointIO` makes sure ``last.ckpt`` is never half-written and carries
+the SHA-256 of its contents, checked on every read: torch.load does not notice a
+flipped bit inside tensor data, which would resume silently to other weights."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medcls.core.io import atomic_torch_save
 from medcls.core.messages import first_line
-from medcls.models.checkpoint import CheckpointError
+from medcls.models.checkpoint import CheckpointError, check_digest, content_digest
 
 LAST = Path("checkpoints") / "last.ckpt"
+DIGEST = "medcls_sha256"  # top-level key of a Lightning checkpoint; Lightning ignores it
 
 
 class ExactResume(pl.Callback):
@@ -100,20 +103,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     across file systems that move is a copy, which a crash can leave half-done."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        atomic_torch_save(checkpoint, path)
+        save_training_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        # Lightning's resume reads through here: the digest is checked there too.
+        return read_training_checkpoint(path)
+
+
+def save_training_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Write a Lightning checkpoint atomically, with the SHA-256 of its contents."""
+    contents = {k: v for k, v in checkpoint.items() if k != DIGEST}
+    atomic_torch_save({**contents, DIGEST: content_digest(contents)}, path)
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint (memory-mapped), with a clear error if it is missing or damaged."""
+    """Load a Lightning checkpoint (memory-mapped), with a clear error if it is missing or damaged
+    (unreadable, or its contents differ from their recorded SHA-256)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from: {path} does not exist "
                               f"(the run stopped before its first epoch ended; start it again)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001  torch.load raises many types for damaged bytes
         raise CheckpointError(f"{path} is not a readable training checkpoint "
                               f"(truncated or damaged: {first_line(exc)})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is a torch file but not a Lightning training checkpoint")
+    contents = {k: v for k, v in ckpt.items() if k != DIGEST}
+    check_digest(path, contents, ckpt.get(DIGEST))
+    return contents
 
 
 def carry_over_log(logger: CSVLogger, ckpt_path: str | Path) -> None:

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from medcls.config import load_config
-from medcls.core.io import atomic_torch_save
 from medcls.data.datasets import DataError, load_index
 from medcls.data.fingerprint import data_fingerprint
 from medcls.data.split import read_manifest
 from medcls.models.checkpoint import CheckpointError
-from medcls.training.checkpointing import LAST, read_training_checkpoint
+from medcls.training.checkpointing import LAST, read_training_checkpoint, save_training_checkpoint
 from medcls.training.train import train
 
 
@@ -35,7 +34,7 @@ def _relocate(path: Path, ckpt: dict[str, Any], run: Path) -> None:
         state["best_k_models"] = {fix(k): v for k, v in state.get("best_k_models", {}).items()}
         moved = True
     if moved:
-        atomic_torch_save(ckpt, path)
+        save_training_checkpoint(ckpt, path)
 
 
 def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = False) -> Path:

@@ -39,6 +39,7 @@ from medcls.training.checkpointing import (
     AtomicCheckpointIO,
     ExactResume,
     carry_over_log,
+    read_training_checkpoint,
 )
 from medcls.training.module import LitClassifier
 
@@ -217,7 +218,7 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
         return run
 
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        state = read_training_checkpoint(best.best_model_path)["state_dict"]
         module.load_state_dict(state)
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
 
