@@ -24,7 +24,7 @@ from pytorch_grad_cam.utils.model_targets import (
 from torch import nn
 
 from medcls.core.io import atomic_path
-from medcls.data.images import Source, load_image
+from medcls.data.images import Source, load_image, load_thumbnail
 from medcls.data.prepared import to_model_input
 from medcls.explain import DEFAULT_METHOD, METHOD_LABELS, METHOD_NAMES
 from medcls.explain.picture import annotate
@@ -173,9 +173,10 @@ class Explainer:
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, size, size), np.float32)
 
     def explain(self, sources: Sequence[Source], names: Sequence[str] | None = None,
-                classes: Sequence[int] | None = None) -> list[Explanation]:
+                classes: Sequence[int] | None = None, max_side: int | None = None) -> list[Explanation]:
         """Explain images (their predicted classes unless ``classes`` are given), in one
-        batch; each heat map is resized to its original image's own size."""
+        batch; each heat map is resized to its original image's own size (``max_side``: to the
+        image shrunk to at most that many px on its longer side, e.g. for a web page)."""
         if not sources:
             return []
         names = list(names) if names is not None else [str(s) for s in sources]
@@ -185,7 +186,7 @@ class Explainer:
         cams = self.maps(model_input, classes)
         out = []
         for source, name, cam, k, p in zip(sources, names, cams, classes, probs):
-            original = load_image(source, "rgb")
+            original = load_image(source, "rgb") if max_side is None else load_thumbnail(source, "rgb", max_side)
             out.append(Explanation(name, original, resize_map(cam, original.shape[1], original.shape[0]),
                                    int(k), self.predictor.classes[k], float(p[k])))
         return out
