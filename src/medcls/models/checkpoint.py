@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -127,6 +128,22 @@ def content_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def safe_torch_load(path: Path, what: str, **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, every failure a one-line :class:`CheckpointError`
+    naming ``what`` the file should be. A file holding other Python objects is refused as such; PyTorch's
+    advice to retry with ``weights_only=False`` is not passed on: for a foreign file, that runs its code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise CheckpointError(f"{path} holds Python objects besides tensors and plain values: refused, as "
+                                  f"loading them could run code from the file (is it really a {what}?)") from None
+        raise CheckpointError(f"{path} is not a readable {what} (truncated or damaged: {first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001  torch.load raises many types for foreign or damaged bytes
+        raise CheckpointError(f"{path} is not a readable {what} (truncated or not a torch file: "
+                              f"{first_line(exc)})") from None
+
+
 def check_digest(path: str | Path, contents: Any, recorded: Optional[str]) -> None:
     """Refuse ``contents`` (read from ``path``) unless their :func:`content_digest` is ``recorded``;
     without a recorded digest (files from before digests, or one removed) warn: damage goes unnoticed."""
@@ -158,11 +175,7 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  torch.load raises many types for foreign or damaged bytes
-        raise CheckpointError(f"{path} is not a readable checkpoint "
-                              f"(truncated or not a torch file: {first_line(exc)})") from None
+    payload = safe_torch_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a medcls checkpoint "
                               f"(a Lightning training checkpoint? use the run's model.pt)")

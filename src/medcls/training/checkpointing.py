@@ -21,8 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medcls.core.io import atomic_torch_save
-from medcls.core.messages import first_line
-from medcls.models.checkpoint import CheckpointError, check_digest, content_digest
+from medcls.models.checkpoint import CheckpointError, check_digest, content_digest, safe_torch_load
 
 LAST = Path("checkpoints") / "last.ckpt"
 DIGEST = "medcls_sha256"  # top-level key of a Lightning checkpoint; Lightning ignores it
@@ -124,11 +123,7 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from: {path} does not exist "
                               f"(the run stopped before its first epoch ended; start it again)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001  torch.load raises many types for damaged bytes
-        raise CheckpointError(f"{path} is not a readable training checkpoint "
-                              f"(truncated or damaged: {first_line(exc)})") from None
+    ckpt = safe_torch_load(path, "training checkpoint", mmap=True)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is a torch file but not a Lightning training checkpoint")
     contents = {k: v for k, v in ckpt.items() if k != DIGEST}
