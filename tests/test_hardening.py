@@ -3,17 +3,37 @@ exit status 2, leaving what the user had intact; damaged training checkpoints ar
 the web service (real servers on loopback) holds against large images, abandoned requests,
 oversized headers, slow clients, foreign hosts and missing API keys."""
 
+import contextlib
 import ctypes
+import io
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
 from PIL import Image
 
 from conftest import ROOT
+
+
+class Pwned:
+    """A pickle that runs a shell command when loaded without ``weights_only``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
 
 # Runs ``medcls.cli.main`` on each case in one process (torch is imported once, not per case)
 # and prints {case: [exit status, stderr]}; a traceback is caught and shown as such.
@@ -91,7 +111,12 @@ def test_careless_command_lines_get_one_line_and_exit_2(tmp_path):
     quick = ["--dataset", "class-folders", "--set", "data.image_size=32", "--set", "model.kwargs.padding=same",
              "--set", "train.epochs=1", "--set", "data.workers=1", "--set", f"output_dir={tmp_path / 'runs'}"]
     img = str(data / "A" / "A0.png")
+    import torch
+
+    torch.save({"format": "medcls-checkpoint", "payload": Pwned(tmp_path / "pwned")}, tmp_path / "evil.pt")
     cases = {
+        "unsafe pickle": ["predict", img, "--model", str(tmp_path / "evil.pt")],
+        "beyond loopback": ["serve", "--host", "0.0.0.0", "--model", str(tmp_path / "missing.pt")],
         "binary config": ["train", "--config", str(binary)],
         "binary manifest": ["train", "--data", str(data), *quick, "--set", f"data.manifest={binary}"],
         "tpu": ["train", "--data", str(data), *quick, "--set", "train.accelerator=tpu"],
@@ -114,6 +139,10 @@ def test_careless_command_lines_get_one_line_and_exit_2(tmp_path):
     assert_one_line(got["read-only --out"], f"cannot write {kept / 'pred.csv'}")
     assert_one_line(got["empty folder"], "no images found in", "empty")
     assert_one_line(got["xlsx"], "pred.xlsx", ".csv or .json")
+    assert_one_line(got["unsafe pickle"], "evil.pt holds Python objects", "could run code")
+    assert "weights_only" not in got["unsafe pickle"][1] and not (tmp_path / "pwned").exists()
+    code, stderr = got["beyond loopback"]  # #20 item 8: the warning comes before anything else
+    assert code == 2 and "serving on 0.0.0.0 without an API key" in stderr and "checkpoint not found" in stderr
     assert (kept / "pred.csv").read_text() == "earlier,work\n" and os.listdir(kept) == ["pred.csv"]
     assert not (tmp_path / "empty.csv").exists() and not (tmp_path / "pred.xlsx").exists()
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no half-made run folders
@@ -216,3 +245,227 @@ def test_checkpoints_without_a_digest_load_with_a_warning(tiny_run, tmp_path, ca
     assert again.keys() == ckpt["state_dict"].keys()
     assert all(torch.equal(again[k], ckpt["state_dict"][k]) for k in again)
     assert "SHA-256" not in caplog.text
+
+
+# ---------------------------------------------------------------- the web service, on loopback
+
+@contextlib.contextmanager
+def served(app, limits=None):
+    """``app`` behind medcls' own uvicorn configuration (connection limits included) on a free
+    loopback port, in a thread of this process; yields (app, base URL)."""
+    from medcls.serving.server import server_config
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(app, limits=limits))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, "the server to start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    assert not thread.is_alive()
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    """Poll ``condition`` (a state change, not a duration: the tests assert no timings)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def png(side: int, mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (side, side), 0 if mode == "L" else (0, 0, 0)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+SMALL = png(48)
+
+
+def files(*uploads: tuple[str, bytes]) -> list:
+    return [("file", (name, data, "image/png")) for name, data in uploads]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    from medcls.inference.predictor import Predictor
+
+    return Predictor.load(tiny_run)
+
+
+def make_app(tiny_run, predictor=None, **settings):
+    from medcls.explain.gradcam import Explainer
+    from medcls.inference.predictor import Predictor
+    from medcls.serving.app import ServiceSettings, create_app
+    from medcls.serving.security import SecuritySettings
+
+    security = settings.pop("security", SecuritySettings())
+    predictor = predictor or Predictor.load(tiny_run)
+    return create_app(predictor, "tiny", ServiceSettings(**settings), Explainer(Predictor.from_checkpoint(tiny_run)),
+                      security)
+
+
+def test_security_headers_hosts_and_api_key(tiny_run):
+    """#20 item 8: nosniff and a CSP that fits the page on every answer, a foreign Host refused
+    (DNS rebinding), the /v1/ endpoints behind the API key; the page, /healthz and docs open."""
+    from medcls.serving.security import SecuritySettings
+
+    app = make_app(tiny_run, security=SecuritySettings.for_bind("127.0.0.1", api_key="s3cret"))
+    with served(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and page.headers["x-content-type-options"] == "nosniff"
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp and "img-src 'self' blob:" in csp
+        assert "unsafe-inline" not in csp and page.headers["x-frame-options"] == "DENY"
+        assert c.get("/healthz").status_code == 200
+        assert "cdn.jsdelivr.net" in c.get("/docs").headers["content-security-policy"]  # Swagger UI's scripts
+
+        refused = c.get("/v1/model")
+        assert refused.status_code == 401 and "API key" in refused.json()["detail"]
+        assert refused.headers["www-authenticate"] == "Bearer" and refused.headers["x-content-type-options"]
+        assert c.get("/v1/model", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.get("/v1/model", headers={"X-API-Key": "s3cret"}).json()["model_id"] == "tiny"
+        res = c.post("/v1/predict", files=files(("a.png", SMALL)), headers={"Authorization": "Bearer s3cret"})
+        assert res.status_code == 200 and res.headers["content-security-policy"] == csp
+
+        for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example"):
+            rebound = c.get("/", headers={"Host": host})
+            assert rebound.status_code == 400 and "unknown host" in rebound.json()["detail"], host
+        assert c.get("/healthz", headers={"Host": f"localhost:{url.rsplit(':', 1)[1]}"}).status_code == 200
+        assert c.get("/healthz", headers={"Host": "[::1]:8000"}).status_code == 200
+    assert SecuritySettings.for_bind("0.0.0.0").allowed_hosts == ["*"]
+    assert "10.0.0.5" in SecuritySettings.for_bind("10.0.0.5").allowed_hosts
+
+
+def test_a_small_upload_of_many_pixels_is_decoded_small_and_budgeted(tiny_run):
+    """#20 item 1: a 9000 x 9000 PNG (79 KB) is shrunk right after decoding (previews, heat maps and
+    predictions all answer); a request over the pixel budget is a 413 naming the file, before decoding."""
+    from medcls.data.images import load_image, load_thumbnail
+
+    big = png(9000)
+    assert len(big) < 100_000
+    assert load_thumbnail(big, "rgb", 512).shape == (512, 512, 3)
+    app = make_app(tiny_run, max_pixels=150_000_000)
+    with served(app) as url, httpx.Client(base_url=url, timeout=120) as c:
+        for path in ("/v1/preview", "/v1/heatmap"):
+            res = c.post(path, files=files(("big.png", big)))
+            assert res.status_code == 200, res.text
+            assert Image.open(io.BytesIO(res.content)).size == (512, 512)
+        got = c.post("/v1/predict", files=files(("big.png", big))).json()["predictions"][0]
+        over = c.post("/v1/predict", files=files(("a.png", big), ("b.png", big)))
+        assert over.status_code == 413 and "162.0 MP" in over.json()["detail"] and "a.png" in over.json()["detail"]
+    # the prediction is that of the image shrunk before its resize: here, an all-black image either way
+    small = load_image(png(64), "grayscale", 32)
+    assert np.array_equal(load_image(big, "grayscale", 32), small)
+    assert set(got["probabilities"]) == {"A", "B"}
+
+
+def test_full_lines_answer_503_with_retry_after(tiny_run, predictor, monkeypatch):
+    """#20 item 2: the model's line (``max_waiting`` images) and the previews' pool are bounded; a
+    request beyond is refused at once with 503 and Retry-After, the admitted ones still answered."""
+    import medcls.serving.app as service
+
+    gate = threading.Event()
+    real_preprocess, real_thumbnail = predictor.preprocess, service.load_thumbnail
+    monkeypatch.setattr(predictor, "preprocess", lambda data: gate.wait(60) and real_preprocess(data))
+    monkeypatch.setattr(service, "load_thumbnail", lambda *a: gate.wait(60) and real_thumbnail(*a))
+    app = make_app(tiny_run, predictor, max_waiting=4, max_batch=1)
+    with served(app) as url, ThreadPoolExecutor(16) as pool:
+        def post(path, n=1):
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post(path, files=files(*[(f"{i}.png", SMALL) for i in range(n)]))
+
+        first = pool.submit(post, "/v1/predict", 1)
+        wait_for(lambda: app.state.batcher.pending == 1, "the first image to be in the model's line")
+        second = pool.submit(post, "/v1/predict", 3)
+        wait_for(lambda: app.state.batcher.pending == 4, "the line to fill")
+        refused = post("/v1/predict", 1)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "busy" in refused.json()["detail"]
+
+        previews = [pool.submit(post, "/v1/preview") for _ in range(6)]  # 2 decoding, 4 waiting
+        wait_for(lambda: app.state.heavy.admitted == 6, "the preview pool to fill")
+        busy = post("/v1/preview")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        gate.set()
+        assert [f.result().status_code for f in [first, second, *previews]] == [200] * 8
+        assert post("/v1/predict", 4).status_code == 200 and app.state.batcher.pending == 0
+
+
+def multipart(n: int) -> tuple[bytes, bytes]:
+    """A ``file`` x n multipart body of the small PNG and its content type."""
+    request = httpx.Request("POST", "http://x/", files=files(*[(f"{i}.png", SMALL) for i in range(n)]))
+    return request.read(), request.headers["content-type"].encode()
+
+
+def test_the_work_of_a_client_who_left_is_cancelled(tiny_run, predictor, monkeypatch, caplog):
+    """#20 item 2: a client that sends 16 images and hangs up while the first batch runs gets no more
+    batches run for it, and its leaving is one log line, as is leaving during an upload."""
+    gate, calls = threading.Event(), []
+    real_preprocess = predictor.preprocess
+
+    def counted(data):
+        calls.append(1)
+        gate.wait(60)
+        return real_preprocess(data)
+
+    monkeypatch.setattr(predictor, "preprocess", counted)
+    app = make_app(tiny_run, predictor, max_batch=4)
+    body, content_type = multipart(16)
+    port = None
+    with caplog.at_level("INFO"), served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + content_type +
+                      b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            wait_for(lambda: calls, "the first batch to start")
+        wait_for(lambda: app.state.batcher.pending == 0, "the client's images to be dropped")
+        gate.set()
+        with httpx.Client(base_url=url, timeout=60) as c:  # the next client is served at once
+            assert c.post("/v1/predict", files=files(("a.png", SMALL))).status_code == 200
+        assert len(calls) == 4 + 1  # the batch that had started, then the next client's image
+
+        with socket.create_connection(("127.0.0.1", port)) as s:  # hangs up half-way through its upload
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + content_type +
+                      b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:len(body) // 2])
+        wait_for(lambda: "left during its upload to POST /v1/predict" in caplog.text, "the upload's log line")
+    left = [r for r in caplog.records if "left before the answer to POST /v1/predict" in r.getMessage()]
+    assert len(left) == 1 and "cancelled" in left[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` and read until the server closes the connection (a 60 s safety net, not a timing)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(60)
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_oversized_headers_and_slow_clients_are_cut_off(tiny_run):
+    """#20 item 3: headers over the limit get 431; a client that stops while sending its headers
+    or its body gets 408 and is disconnected, one that says nothing is disconnected."""
+    from medcls.serving.limits import ConnectionLimits
+
+    limits = ConnectionLimits(max_header_bytes=16 * 1024, header_timeout_s=0.5, body_timeout_s=0.5)
+    with served(make_app(tiny_run), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        huge = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        assert huge.startswith(b"HTTP/1.1 431 ") and b"request headers over 16384 bytes" in huge
+        slow_headers = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1\r\n")
+        assert slow_headers.startswith(b"HTTP/1.1 408 ")
+        slow_body = raw_exchange(port, b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                       b"multipart/form-data; boundary=x\r\nContent-Length: 1000\r\n\r\n--x\r\n")
+        assert slow_body.startswith(b"HTTP/1.1 408 ")
+        assert raw_exchange(port, b"") == b""  # connected, silent: closed without an answer
+        with httpx.Client(base_url=url, timeout=60) as c:  # normal requests, keep-alive included
+            assert [c.get("/healthz").status_code for _ in range(3)] == [200] * 3
+            assert c.get("/healthz", headers={"X-Ok": "b" * 8000}).status_code == 200

@@ -95,7 +95,8 @@ def test_health_model_card_and_schema(client, trained_run):
     assert card["backend"] == "onnxruntime" and card["classes"] == CLASSES
     assert card["threshold"] == expected.threshold and card["image_size"] == 64
     assert card["ood"]["threshold"] == pytest.approx(expected.ood.threshold)
-    assert card["limits"] == {"max_upload_bytes": 20_000_000, "max_files": 16, "max_batch": 1}
+    assert card["limits"] == {"max_upload_bytes": 20_000_000, "max_files": 16, "max_batch": 1,
+                              "max_pixels": 100_000_000, "max_waiting": 256}
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["file"]["items"]["format"] == "binary"

@@ -117,11 +117,14 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> ExportResul
 
 
 def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-          settings: Optional[ServiceSettings] = None, compile: bool = False) -> None:
-    """Run the web service and page for ``model`` until interrupted."""
+          settings: Optional[ServiceSettings] = None, compile: bool = False, api_key: Optional[str] = None,
+          allowed_hosts: Optional[Sequence[str]] = None) -> None:
+    """Run the web service and page for ``model`` until interrupted; ``api_key`` (default
+    $MEDCLS_API_KEY) guards its ``/v1/`` endpoints, ``allowed_hosts`` the names it answers to."""
     from medcls.serving.server import serve as run_server
 
-    run_server(model, host, port, settings, compile=compile)
+    run_server(model, host, port, settings, compile=compile, api_key=api_key,
+               allowed_hosts=list(allowed_hosts) if allowed_hosts else None)
 
 
 def run(cfg: Config, quiet: bool = False) -> tuple[Path, EvaluationResult]:

@@ -203,8 +203,9 @@ def cmd_serve(args) -> int:
 
     _tune_process()
     serve(args.model, args.host, args.port, ServiceSettings(
-        max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_files=args.max_files, max_batch=args.max_batch),
-        compile=args.compile)
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000), max_files=args.max_files, max_batch=args.max_batch,
+        max_pixels=int(args.max_megapixels * 1_000_000)),
+        compile=args.compile, api_key=args.api_key, allowed_hosts=args.allowed_host)
     return 0
 
 
@@ -321,9 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--max-upload-mb", type=_number(float, 0.001), default=20, help="largest accepted request body")
     p.add_argument("--max-files", type=COUNT, default=16, help="most images in one request")
+    p.add_argument("--max-megapixels", type=_number(float, 0.001), default=100,
+                   help="most pixels (width x height, all files) in one request, in millions")
     p.add_argument("--max-batch", type=COUNT, help="most concurrent images run together "
                    "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime and --compile, where batches do not help)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--api-key", help="require this key for the /v1/ endpoints (default: $MEDCLS_API_KEY; "
+                                     "none: open to anyone who can reach the port)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name clients use to reach the service (repeatable; default: loopback names "
+                        "and --host; any name when --host is 0.0.0.0)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("report", help="one self-contained HTML report of an evaluated run")

@@ -7,11 +7,13 @@ probabilities, the threshold, the model id and the latency; ``GET /healthz``,
 (the image as read, and its Grad-CAM++ overlay, as PNG), the OpenAPI schema at
 ``/openapi.json`` and the web page at ``/``. Every bad input gets a 4xx JSON ``{"detail": ...}``
 naming the problem; images are decoded in the model's worker threads and concurrent
-requests share model batches (:class:`MicroBatcher`)."""
+requests share model batches (:class:`MicroBatcher`). Under load the service bounds its
+work: a per-request pixel budget, a few threads for previews and heat maps, a bounded
+line for the model (503 with ``Retry-After`` beyond), work cancelled when a client
+leaves, and security headers, a Host check and an optional API key (:mod:`.security`)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
 import time
@@ -31,12 +33,15 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from medcls.core.version import __version__
-from medcls.data.images import ImageLoadError, load_image
+from medcls.data.images import SHRINK_ABOVE, ImageLoadError, image_pixels, load_thumbnail
 from medcls.explain.gradcam import Explainer
 from medcls.inference.predictor import Prediction, Predictor
 from medcls.models.checkpoint import checkpoint_summary
 from medcls.serving.batching import MicroBatcher
+from medcls.serving.disconnect import CancelOnDisconnect
 from medcls.serving.limits import BodyLimit, UploadTooLarge
+from medcls.serving.pool import RETRY_AFTER_S, Busy, WorkerPool
+from medcls.serving.security import Guard, SecuritySettings
 
 T = TypeVar("T")
 STATIC = resources.files("medcls.serving") / "static"
@@ -53,6 +58,9 @@ ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 # the same either way, and batches of 8 lowered the service's throughput. Compiled
 # models ("pytorch-compiled") run single-threaded like ONNX Runtime: no batching.
 AUTO_BATCH = {"pytorch": 8, "onnxruntime": 1}
+# Previews and heat maps: two at a time, four more waiting. A large image (over SHRINK_ABOVE
+# pixels, hundreds of MB while decoding) is decoded by one thread at a time, on any endpoint.
+HEAVY_WORKERS, HEAVY_WAITING = 2, 4
 
 
 @dataclass
@@ -60,6 +68,8 @@ class ServiceSettings:
     max_upload_bytes: int = 20_000_000  # largest request body
     max_files: int = 16  # most images in one request
     max_batch: int | None = None  # most images run through the model together (1: none; None: per backend)
+    max_pixels: int = 100_000_000  # most pixels (width x height, summed over the files) in one request
+    max_waiting: int = 256  # most images waiting for the model; beyond: 503 with Retry-After
 
 
 class ImagePrediction(BaseModel):
@@ -127,15 +137,25 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
     return uploads
 
 
+def check_pixels(uploads: list[tuple[str, bytes]], max_pixels: int) -> None:
+    """A 413 if the images' headers declare more than ``max_pixels`` in all (checked before decoding)."""
+    sizes = [(name, image_pixels(data) or 0) for name, data in uploads]
+    total = sum(n for _, n in sizes)
+    if total > max_pixels:
+        largest = max(sizes, key=lambda s: s[1])
+        raise HTTPException(413, f"too many pixels: {total / 1e6:.1f} MP in one request (largest: {largest[0]}, "
+                                 f"{largest[1] / 1e6:.1f} MP), the limit is {max_pixels / 1e6:g} MP")
+
+
 def unreadable(name: str, exc: ImageLoadError) -> HTTPException:
     """The 422 for an upload that is not a readable image, naming the file."""
     return HTTPException(422, f"{name}: {exc.reason}")
 
 
-async def decode(name: str, data: bytes, fn: Callable[[bytes], T]) -> T:
-    """``fn(data)`` (which reads the image) in a worker thread; an unreadable image becomes a 422 naming the file."""
+async def decode(name: str, data: bytes, fn: Callable[[bytes], T], pool: WorkerPool) -> T:
+    """``fn(data)`` (which reads the image) on ``pool``; an unreadable image becomes a 422 naming the file."""
     try:
-        return await run_in_threadpool(fn, data)
+        return await pool.run(fn, data)
     except ImageLoadError as exc:
         raise unreadable(name, exc) from None
 
@@ -150,11 +170,14 @@ def png_thumbnail(rgb: np.ndarray) -> bytes:
 
 
 def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | None = None,
-               explainer: Explainer | None = None) -> FastAPI:
+               explainer: Explainer | None = None, security: SecuritySettings | None = None) -> FastAPI:
     """The service for ``predictor``; ``model_id`` names the model in every answer; ``explainer``
-    (Grad-CAM on a PyTorch copy of the model) serves heat maps, None: none (an ONNX model)."""
+    (Grad-CAM on a PyTorch copy of the model) serves heat maps, None: none (an ONNX model);
+    ``security``: API key and allowed host names (default: none, loopback names)."""
     settings = settings or ServiceSettings()
     explain_lock = threading.Lock()  # Grad-CAM hooks one network: one explanation at a time
+    large_decode = threading.Lock()  # one image over SHRINK_ABOVE pixels decoded at a time
+    heavy = WorkerPool(HEAVY_WORKERS, HEAVY_WAITING)
     if settings.max_batch is None:
         settings = replace(settings, max_batch=AUTO_BATCH.get(predictor.backend.name, 1))
     info = predictor.info
@@ -166,7 +189,11 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         images, names, where = [], [], []
         for i, (name, data) in enumerate(items):
             try:
-                images.append(predictor.preprocess(data))
+                if (image_pixels(data) or 0) > SHRINK_ABOVE:
+                    with large_decode:
+                        images.append(predictor.preprocess(data))
+                else:
+                    images.append(predictor.preprocess(data))
             except ImageLoadError as exc:
                 results[i] = unreadable(name, exc)
                 continue
@@ -178,7 +205,8 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         return results
 
     batcher: MicroBatcher = MicroBatcher(run_uploads, settings.max_batch,
-                                         getattr(predictor.backend, "parallel_runs", 1))  # PyTorch: one, all cores
+                                         getattr(predictor.backend, "parallel_runs", 1),  # PyTorch: one, all cores
+                                         max_pending=settings.max_waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -189,14 +217,22 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         batcher.start()
         yield
         await batcher.stop()
+        heavy.shutdown()
 
     app = FastAPI(title="medcls", version=__version__, lifespan=lifespan,
                   description=f"Image classification with model {model_id} ({', '.join(info.classes)}).")
+    app.state.batcher, app.state.heavy = batcher, heavy  # their lines' lengths: for monitoring
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(Guard, settings=security or SecuritySettings())  # outermost: before any work
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(request: Request, exc: UploadTooLarge) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=413)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -216,8 +252,9 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     async def predict(request: Request) -> JSONResponse:
         """Classify each uploaded image; the whole request fails (4xx) if any image is unreadable."""
         uploads = await read_uploads(request, settings.max_files)
+        check_pixels(uploads, settings.max_pixels)
         started = [time.perf_counter() for _ in uploads]
-        rows = await asyncio.gather(*(batcher.submit(upload) for upload in uploads))  # the first 422 fails all
+        rows = await batcher.submit_all(uploads)  # the first 422 fails all
         latencies = [(time.perf_counter() - t0) * 1000 for t0 in started]
         # A response object skips FastAPI's re-validation against ``Predictions`` (built here from
         # the same fields; the schema still documents it): measurable CPU per request under load.
@@ -227,8 +264,9 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     @app.post("/v1/preview", responses={200: {"content": {"image/png": {}}}, **PROBLEMS}, openapi_extra=UPLOAD_BODY)
     async def preview(request: Request) -> Response:
         """The uploaded image as PNG (at most 512 px), as medcls reads it: DICOM windowed, for the page to show."""
-        [(name, data)] = await read_uploads(request, 1)
-        png = await decode(name, data, lambda b: png_thumbnail(load_image(b, "rgb")))
+        [(name, data)] = uploads = await read_uploads(request, 1)
+        check_pixels(uploads, settings.max_pixels)
+        png = await decode(name, data, lambda b: png_thumbnail(load_thumbnail(b, "rgb", PREVIEW_SIZE)), heavy)
         return Response(png, media_type="image/png")
 
     @app.post("/v1/heatmap", responses={200: {"content": {"image/png": {}}},
@@ -239,14 +277,15 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         where the model looked. Needs a PyTorch checkpoint (gradients)."""
         if explainer is None:
             raise HTTPException(409, "heat maps need the model's PyTorch checkpoint; this service runs an ONNX file")
-        [(name, data)] = await read_uploads(request, 1)
+        [(name, data)] = uploads = await read_uploads(request, 1)
+        check_pixels(uploads, settings.max_pixels)
 
         def render(image: bytes) -> bytes:
             with explain_lock:
-                [explanation] = explainer.explain([image], [name])
+                [explanation] = explainer.explain([image], [name], max_side=PREVIEW_SIZE)
             return png_thumbnail(explanation.overlay())
 
-        return Response(await decode(name, data, render), media_type="image/png")
+        return Response(await decode(name, data, render, heavy), media_type="image/png")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

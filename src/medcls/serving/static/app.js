@@ -74,9 +74,9 @@ async function classify(file) {
   let answer, preview, heatmap;
   try {
     [answer, preview, heatmap] = await Promise.all([
-      fetch("/v1/predict", { method: "POST", body: form() }),
-      fetch("/v1/preview", { method: "POST", body: form() }),
-      heatmaps ? fetch("/v1/heatmap", { method: "POST", body: form() }) : null,
+      api("/v1/predict", form),
+      api("/v1/preview", form),
+      heatmaps ? api("/v1/heatmap", form) : null,
     ]);
   } catch (err) {
     $("output").hidden = true;
@@ -96,8 +96,22 @@ async function classify(file) {
   showResult((await answer.json()).predictions[0]);
 }
 
+// Behind `medcls serve --api-key` the /v1/ endpoints want the key: asked for once, kept for this tab.
+async function api(path, body) {
+  for (let asked = false; ; asked = true) {
+    const key = sessionStorage.getItem("medcls-api-key");
+    const init = { method: body ? "POST" : "GET", headers: key ? { "X-API-Key": key } : {} };
+    if (body) init.body = body();
+    const response = await fetch(path, init);
+    if (response.status !== 401 || asked) return response;
+    const entered = window.prompt("This service needs an API key:");
+    if (!entered) return response;
+    sessionStorage.setItem("medcls-api-key", entered);
+  }
+}
+
 async function loadModel() {
-  const response = await fetch("/v1/model");
+  const response = await api("/v1/model");
   if (!response.ok) { $("model").textContent = "model unavailable: " + (await problem(response)); return; }
   model = await response.json();
   $("model").textContent = `model ${model.model_id} (${model.arch}, ${model.image_size} px ${model.color_mode}) · ` +
