@@ -469,3 +469,41 @@ def test_oversized_headers_and_slow_clients_are_cut_off(tiny_run):
         with httpx.Client(base_url=url, timeout=60) as c:  # normal requests, keep-alive included
             assert [c.get("/healthz").status_code for _ in range(3)] == [200] * 3
             assert c.get("/healthz", headers={"X-Ok": "b" * 8000}).status_code == 200
+
+
+def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
+    """One image does not wait behind another client's sixteen; a full line refuses at once."""
+    import asyncio
+
+    from medcls.serving.batching import MicroBatcher
+    from medcls.serving.pool import Busy
+
+    started, gate, batches = threading.Event(), threading.Event(), []
+
+    def run(items):
+        started.set()
+        gate.wait(60)
+        batches.append(items)
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_pending=18)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit("first"))
+            while not started.is_set():  # the first batch ("first" alone) runs, and blocks
+                await asyncio.sleep(0.01)
+            big = asyncio.ensure_future(batcher.submit_all([f"big{i}" for i in range(16)]))
+            small = asyncio.ensure_future(batcher.submit("small"))
+            while batcher.pending < 18:
+                await asyncio.sleep(0.01)
+            with pytest.raises(Busy, match="at most 18"):
+                await batcher.submit("one too many")
+            gate.set()
+            return await first, await big, await small
+        finally:
+            await batcher.stop()
+
+    first, big, small = asyncio.run(scenario())
+    assert first == "first" and small == "small" and big == [f"big{i}" for i in range(16)]
+    assert batches[0] == ["first"] and batches[1][0] == "small"  # ahead of big's remaining twelve

@@ -23,6 +23,7 @@ class CancelOnDisconnect:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         body_read = asyncio.Event()
+        answered = False  # the whole answer is sent: the handler may still clean up (uploaded files)
 
         async def tracked_receive():
             message = await receive()
@@ -37,7 +38,13 @@ class CancelOnDisconnect:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        handler = asyncio.ensure_future(self.app(scope, tracked_receive, send))
+        async def tracked_send(message) -> None:
+            nonlocal answered
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+
+        handler = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
         watcher = asyncio.ensure_future(client_left())
         try:
             await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -46,14 +53,14 @@ class CancelOnDisconnect:
             raise
         finally:
             watcher.cancel()
-        if not handler.done():
+        if not handler.done() and not answered:
             handler.cancel()
             await asyncio.gather(handler, return_exceptions=True)
             log.info("%s left before the answer to %s %s; its work was cancelled", _client(scope),
                      scope["method"], scope["path"])
             return
         try:
-            handler.result()
+            await handler
         except ClientDisconnect:
             log.info("%s left during its upload to %s %s", _client(scope), scope["method"], scope["path"])
 
