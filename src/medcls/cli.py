@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=COUNT, help="most concurrent images run together "
                    "(1: no batching; default: 8 for PyTorch, 1 for ONNX Runtime and --compile, where batches do not help)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    p.add_argument("--api-key", help="require this key for the /v1/ endpoints (default: $MEDCLS_API_KEY; "
-                                     "none: open to anyone who can reach the port)")
+    p.add_argument("--api-key", help="require this key for the /v1/ endpoints (default: $MEDCLS_API_KEY, "
+                                     "which other users cannot read from the process list; none: open to "
+                                     "anyone who can reach the port)")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="a host name clients use to reach the service (repeatable; default: loopback names "
                         "and --host; any name when --host is 0.0.0.0)")

@@ -58,9 +58,10 @@ ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 # the same either way, and batches of 8 lowered the service's throughput. Compiled
 # models ("pytorch-compiled") run single-threaded like ONNX Runtime: no batching.
 AUTO_BATCH = {"pytorch": 8, "onnxruntime": 1}
-# Previews and heat maps: two at a time, four more waiting. A large image (over SHRINK_ABOVE
-# pixels, hundreds of MB while decoding) is decoded by one thread at a time, on any endpoint.
-HEAVY_WORKERS, HEAVY_WAITING = 2, 4
+# Previews and heat maps: one at a time, four more waiting: a 9000 x 9000 PNG keeps a core busy for
+# about a second, and the other cores stay with the predictions. A large image (over
+# SHRINK_ABOVE pixels, hundreds of MB while decoding) is decoded by one thread at a time, on any endpoint.
+HEAVY_WORKERS, HEAVY_WAITING = 1, 4
 
 
 @dataclass
