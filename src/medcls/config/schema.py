@@ -65,7 +65,10 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
     # dataset: subtract the training set's mean, divide by its std; per-image: each image by its own
     # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites)
-    input_norm: str = "dataset"
+    # auto: the weights' own normalisation when model.pretrained is set, the dataset's otherwise
+    input_norm: str = "auto"
+    # none | imagenet (the weights registered for the architecture, medcls.models.pretrained) | a weights file
+    pretrained: str = "none"
 
 
 @dataclass
@@ -92,6 +95,11 @@ class TrainConfig:
     # first 3x3 convolution with them (its output never stored; float32 weight gradient)
     fuse_relu_maxpool: bool = True
     fuse_first_conv: bool = True
+    # fine-tuning pretrained weights: epochs training only the fresh head first, the learning rate of
+    # the pretrained tensors relative to train.lr, and no weight decay on norms and biases
+    head_warmup_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    no_decay_norm_bias: bool = False
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
@@ -132,7 +140,7 @@ class Config:
 
 _CHOICES = {
     ("data", "color_mode"): {None, "grayscale", "rgb"},
-    ("model", "input_norm"): {"dataset", "per-image"},
+    ("model", "input_norm"): {"auto", "dataset", "weights", "per-image"},
     ("train", "optimizer"): {"adam", "adamw", "sgd"},
     ("train", "loss"): {"auto", "bce", "ce"},
     ("train", "imbalance"): {"class_weights", "sampler", "none"},
@@ -156,6 +164,8 @@ _RANGES = {
     ("train", "seed"): (0, 2**32 - 1),  # outside it Lightning silently picks a random seed
     ("train", "weight_decay"): (0.0, 1.0),
     ("train", "warmup_epochs"): (0, 100000),
+    ("train", "head_warmup_epochs"): (0, 100000),
+    ("train", "backbone_lr_scale"): (0.0, 100.0),
     ("train", "lr_factor"): (0.0, 0.999),
     ("train", "lr_patience"): (0, 100000),
     ("train", "early_stopping_patience"): (0, 100000),
