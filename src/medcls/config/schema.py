@@ -115,6 +115,8 @@ class EvalConfig:
     threshold_rule: str = "youden"  # youden | sensitivity | f1 | fixed
     target_sensitivity: float = 0.95  # for threshold_rule=sensitivity
     fixed_threshold: float = 0.5
+    # ordinal grades: argmax, or cut-points on the expected grade fitted on validation for QWK
+    ordinal_decision: str = "argmax"
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
@@ -147,6 +149,7 @@ _CHOICES = {
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
+    ("eval", "ordinal_decision"): {"argmax", "cutpoints"},
     ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit"},
 }
 

@@ -59,6 +59,7 @@ class ModelInfo:
     positive_class: Optional[str] = None
     ordinal: bool = False
     referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view
+    cutpoints: Optional[list[float]] = None  # ordinal grades: cuts of the expected grade (None: argmax)
     test_digest: Optional[str] = None  # SHA-256 of the frozen test split it must be evaluated on
     test_fingerprint: Optional[str] = None  # SHA-256 of that split's file contents (medcls.data.fingerprint)
     config: dict = field(default_factory=dict)
