@@ -89,7 +89,8 @@ def predict(paths: Iterable[str | Path], model: str | Path | None = None, out: s
 
 def explain(paths: Sequence[str | Path], model: str | Path | None, out_dir: str | Path, method: str = "gradcam++",
             layer: Optional[str] = None) -> list[Path]:
-    """A heat-map overlay PNG per image in ``out_dir``; returns the files written."""
+    """A heat-map overlay PNG per image in ``out_dir`` (``model`` None: the shipped one; a ``.pt``
+    checkpoint or run folder, not ONNX); returns the files written."""
     from medcls.explain.gradcam import explain_files
 
     return explain_files(paths, model, out_dir, method, layer)

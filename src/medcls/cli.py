@@ -117,8 +117,11 @@ def cmd_predict(args) -> int:
     from rich.text import Text
 
     from medcls.api import explain, predict
+    from medcls.explain.gradcam import explainable_model
 
     _tune_process()
+    if args.explain:
+        explainable_model(args.model)  # an ONNX model fails here, before the predictions, not after
     predictions, errors = predict(args.paths, args.model, args.out, compile=args.compile)
     rows = [p.row() for p in predictions]
     console = Console()
