@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,3 +31,41 @@ def test_predict_explain_with_onnx_says_it_needs_the_checkpoint(trained_onnx, xr
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "heat maps need the .pt checkpoint" in err[0]
     assert not (tmp_path / "p.csv").exists()  # refused before any work
+
+
+def _copy_classes(src, dst, classes, n=3):
+    """A tiny real data set: the first ``n`` images of each class folder of ``src``."""
+    import shutil
+
+    for name in classes:
+        (dst / name).mkdir(parents=True)
+        for f in sorted((src / name).iterdir())[:n]:
+            shutil.copy(f, dst / name / f.name)
+    return dst
+
+
+@pytest.fixture
+def tiny_fundus(tmp_path):
+    from conftest import FUNDUS
+    from medcls.data.datasets import RETINOPATHY_GRADES
+
+    if not FUNDUS.is_dir():
+        pytest.skip("no retinopathy data")
+    return _copy_classes(FUNDUS, tmp_path / "fundus", RETINOPATHY_GRADES)
+
+
+def test_inspect_and_audit_detect_the_data_set(tiny_fundus, xray_root, tmp_path, capsys):
+    from medcls.data.datasets import RETINOPATHY_GRADES, detect_dataset
+
+    assert main(["inspect", str(tiny_fundus), "--no-audit", "--out", str(tmp_path / "i")]) == 0
+    info = json.loads((tmp_path / "i" / "inspection.json").read_text())
+    assert info["dataset"] == "retinopathy" and info["classes"] == RETINOPATHY_GRADES  # clinical order, not sorted
+    assert main(["audit", str(tiny_fundus), "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "audit.json").read_text())["dataset"] == "retinopathy"
+    assert detect_dataset(xray_root) == "pneumonia"
+    other = _copy_classes(tiny_fundus, tmp_path / "other", ["Healthy", "Mild DR"], n=2)
+    assert detect_dataset(other) == "class-folders"
+    capsys.readouterr()
+    assert main(["inspect", str(tiny_fundus), "--dataset", "pneumonia", "--no-audit", "--out", str(tmp_path / "x")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "do not match data set 'pneumonia'" in line and line.endswith("fits --dataset retinopathy")

@@ -19,17 +19,19 @@ if TYPE_CHECKING:
     from medcls.training.calibrate import Calibration
 
 
-def inspect(data: str | Path, dataset: str = "pneumonia", out: str | Path | None = "runs/inspect",
+def inspect(data: str | Path, dataset: str | None = None, out: str | Path | None = "runs/inspect",
             audit: Optional[bool] = None, quiet: bool = False) -> dict:
-    """Sizes, colour modes, counts, imbalance and a sample grid of a data set, written to ``out``."""
+    """Sizes, colour modes, counts, imbalance and a sample grid of a data set, written to ``out``
+    (``dataset`` None: the registered one its layout fits)."""
     from medcls.data.inspect import inspect_data
 
     return inspect_data(data, dataset, out, quiet=quiet, audit=audit)
 
 
-def audit(data: str | Path, dataset: str = "class-folders", out: str | Path | None = "runs/audit",
+def audit(data: str | Path, dataset: str | None = None, out: str | Path | None = "runs/audit",
           max_distance: Optional[int] = None, quiet: bool = False) -> Audit:
-    """Exact and near duplicates and label conflicts of a data set (``audit.csv``, ``audit.json`` in ``out``)."""
+    """Exact and near duplicates and label conflicts of a data set (``audit.csv``, ``audit.json`` in ``out``;
+    ``dataset`` None: the registered one its layout fits)."""
     from medcls.data.audit import audit_dataset
 
     return audit_dataset(data, dataset, out, max_distance=max_distance, quiet=quiet)

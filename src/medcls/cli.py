@@ -13,6 +13,8 @@ EXIT_USER_ERROR = 2
 COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights where the CPU has bf16 "
                 "(measured 1.2-3x ONNX Runtime's images/s on a bf16 CPU; compiling takes seconds)")
 
+DATASET_HELP = "registered data set name (default: the one the folder's class folders fit)"
+
 
 def _config(args):
     from medcls.config import load_config
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="sizes, modes, counts, imbalance and a sample grid of a data set")
     p.add_argument("data", help="data folder")
-    p.add_argument("--dataset", default="pneumonia", help="registered data set name")
+    p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--out", help="output folder (default runs/inspect)")
     p.add_argument("--audit", action=argparse.BooleanOptionalAction,
                    help="summarise the duplicate audit (default: the data set's default)")
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="exact and near duplicates and label conflicts of a data set")
     p.add_argument("data", help="data folder")
-    p.add_argument("--dataset", default="class-folders", help="registered data set name")
+    p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--out", help="output folder for audit.csv and audit.json (default runs/audit)")
     p.add_argument("--max-distance", type=int,
                    help="near duplicates: largest phash Hamming distance, of 256 bits (default: the calibrated one)")

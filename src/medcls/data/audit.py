@@ -226,7 +226,7 @@ def audit_csv(audit: Audit) -> str:
     return buf.getvalue()
 
 
-def audit_dataset(root: str | Path, dataset: str = "class-folders", out_dir: str | Path | None = None,
+def audit_dataset(root: str | Path, dataset: str | None = None, out_dir: str | Path | None = None,
                   cache_dir: str | Path | None = None, workers: int = 0, quiet: bool = False,
                   max_distance: int | None = None) -> Audit:
     """Audit the data set at ``root``; with ``out_dir`` write ``audit.csv`` (the groups)
