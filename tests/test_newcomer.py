@@ -69,3 +69,24 @@ def test_inspect_and_audit_detect_the_data_set(tiny_fundus, xray_root, tmp_path,
     assert main(["inspect", str(tiny_fundus), "--dataset", "pneumonia", "--no-audit", "--out", str(tmp_path / "x")]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "do not match data set 'pneumonia'" in line and line.endswith("fits --dataset retinopathy")
+
+
+def test_presets_load_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    from conftest import ROOT
+    from medcls.config import ConfigError, load_config, preset_names
+
+    assert {"pneumonia-quick", "pneumonia-compact", "retinopathy-compact"} <= set(preset_names())
+    from_file = load_config(ROOT / "configs" / "pneumonia-compact.yaml")
+    monkeypatch.chdir(tmp_path)  # not the repository: the presets come from the package
+    assert load_config("pneumonia-compact") == from_file == load_config("pneumonia-compact.yaml")
+    with pytest.raises(ConfigError, match="preset name: .*pneumonia-quick"):
+        load_config("pneumonia-fast")
+    monkeypatch.delenv("MEDCLS_DATA", raising=False)  # the default root, relative to this empty folder
+    assert main(["train", "-c", "pneumonia-quick", "--set", f"output_dir={tmp_path / 'runs'}"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "data folder not found: ../shared/data/chest_xray" in line and "--data DIR" in line and "MEDCLS_DATA" in line
+    assert not (tmp_path / "runs").exists()
+    assert main(["run", "-c", "retinopathy-compact", "--set", f"output_dir={tmp_path / 'runs'}"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "../shared/data/retinopathy" in line and "--data DIR" in line and "MEDCLS_DATA" not in line
+    assert not (tmp_path / "runs").exists()

@@ -131,9 +131,11 @@ def run(cfg: Config, quiet: bool = False) -> tuple[Path, EvaluationResult]:
     """The main job: inspect -> train -> evaluate once on test (with report), in one run folder;
     returns (run folder, evaluation result)."""
     from medcls.config.checks import check_run_config
+    from medcls.data.prepared import require_data_root
     from medcls.training.train import new_run_dir
 
     check_run_config(cfg)  # before the run folder and the inspection exist
+    require_data_root(cfg.data)
     folder = new_run_dir(cfg)
     inspect(cfg.data.root, cfg.data.dataset, folder / "inspection", quiet=quiet)
     train(cfg, folder, quiet=quiet)

@@ -209,7 +209,7 @@ def cmd_run(args) -> int:
     print(f"run folder: {run}")
     if cfg.data.image_size < 224:
         print("for the full faithful recipe (224 px grayscale seed CNN): "
-              "medcls run --config configs/pneumonia-seed-cnn.yaml")
+              "medcls run -c pneumonia-seed-cnn")
     return 0
 
 
@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
-        p.add_argument("--config", "-c", help="YAML preset (see configs/)")
+        p.add_argument("--config", "-c", help="YAML file or shipped preset name (e.g. pneumonia-compact; "
+                                              "list: medcls train --print-config)")
         p.add_argument("--data", help="data folder (overrides data.root; default $MEDCLS_DATA)")
         p.add_argument("--dataset", help="registered data set name (overrides data.dataset)")
         p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
