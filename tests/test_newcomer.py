@@ -90,3 +90,50 @@ def test_presets_load_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "../shared/data/retinopathy" in line and "--data DIR" in line and "MEDCLS_DATA" not in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_print_config_lists_every_key_and_loads_back(tmp_path, capsys):
+    import yaml
+
+    from medcls.config import load_config
+    from medcls.config.schema import config_from_dict
+
+    assert main(["train", "-c", "pneumonia-quick", "--set", "train.lr=0.01", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    cfg = load_config("pneumonia-quick", ["train.lr=0.01"])
+    assert config_from_dict(yaml.safe_load(text)) == cfg  # a complete preset, as given
+    lines = {line.split(":")[0].strip(): line for line in text.splitlines() if "  # " in line and not line.startswith("#")}
+    assert "default 0.001" in lines["lr"] and "in [1e-12, 10.0]" in lines["lr"]
+    assert "one of" in lines["arch"] and "resnet18" in lines["arch"] and "retinopathy" in lines["dataset"]
+    assert "one of adam, adamw, sgd" in lines["optimizer"] and "default" not in lines["optimizer"]
+    n_keys = sum(len(vars(getattr(cfg, s))) for s in ("data", "augment", "model", "train", "eval")) + 2
+    assert len(lines) == n_keys
+
+
+def test_training_refuses_a_run_folder_that_holds_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"an earlier model")
+    for command in ("train", "run"):
+        assert main([command, "-c", "pneumonia-quick", "--run-dir", str(run), "--data", str(tmp_path)]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert f"run folder {run} is not empty" in line and "--force" in line
+    assert (run / "model.pt").read_bytes() == b"an earlier model" and len(list(run.iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_run_into_a_named_folder_then_train_over_it_with_force(xray_root, tmp_path, capsys):
+    from conftest import quick_overrides
+
+    run = tmp_path / "run"
+    sets = [x for o in quick_overrides(tmp_path / "runs", limit=12, epochs=1) for x in ("--set", o)]
+    assert main(["run", "-c", "pneumonia-quick", "--run-dir", str(run), *sets]) == 0
+    assert (run / "model.pt").is_file() and (run / "inspection" / "inspection.json").is_file()
+    assert not (tmp_path / "runs").exists()  # the named folder, not a new timestamped one
+    first = (run / "model.pt").read_bytes()
+    assert main(["train", "-c", "pneumonia-quick", "--run-dir", str(run), *sets]) == 2
+    assert (run / "model.pt").read_bytes() == first
+    capsys.readouterr()
+    assert main(["train", "-c", "pneumonia-quick", "--run-dir", str(run), "--force", *sets,
+                 "--set", "train.seed=1"]) == 0
+    assert (run / "model.pt").read_bytes() != first

@@ -37,11 +37,12 @@ def audit(data: str | Path, dataset: str | None = None, out: str | Path | None =
     return audit_dataset(data, dataset, out, max_distance=max_distance, quiet=quiet)
 
 
-def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> Path:
-    """Train a model as ``cfg`` says (then calibrate it on validation); returns the run folder."""
+def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False, force: bool = False) -> Path:
+    """Train a model as ``cfg`` says (then calibrate it on validation); returns the run folder
+    (``run_dir``, which must be empty unless ``force``, or a new one)."""
     from medcls.training.train import train as fit
 
-    return fit(cfg, run_dir, quiet=quiet)
+    return fit(cfg, run_dir, quiet=quiet, force=force)
 
 
 def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = False) -> Path:
@@ -127,16 +128,18 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     run_server(model, host, port, settings, compile=compile)
 
 
-def run(cfg: Config, quiet: bool = False) -> tuple[Path, EvaluationResult]:
-    """The main job: inspect -> train -> evaluate once on test (with report), in one run folder;
-    returns (run folder, evaluation result)."""
+def run(cfg: Config, quiet: bool = False, run_dir: str | Path | None = None,
+        force: bool = False) -> tuple[Path, EvaluationResult]:
+    """The main job: inspect -> train -> evaluate once on test (with report), in one run folder
+    (``run_dir``, which must be empty unless ``force``, or a new one); returns (run folder, evaluation result)."""
     from medcls.config.checks import check_run_config
     from medcls.data.prepared import require_data_root
-    from medcls.training.train import new_run_dir
+    from medcls.training.run_dir import claim_run_dir, new_run_dir
+    from medcls.training.train import train as fit
 
     check_run_config(cfg)  # before the run folder and the inspection exist
     require_data_root(cfg.data)
-    folder = new_run_dir(cfg)
+    folder = claim_run_dir(run_dir, force) if run_dir else new_run_dir(cfg)
     inspect(cfg.data.root, cfg.data.dataset, folder / "inspection", quiet=quiet)
-    train(cfg, folder, quiet=quiet)
+    fit(cfg, folder, quiet=quiet, force=None)  # claimed above: it holds this job's inspection
     return folder, evaluate(folder, quiet=quiet)

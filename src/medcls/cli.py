@@ -27,6 +27,13 @@ def _config(args):
     return load_config(args.config, overrides)
 
 
+def _print_config(cfg) -> int:
+    from medcls.config.keys import config_yaml
+
+    print(config_yaml(cfg), end="")
+    return 0
+
+
 def _tune_process(reuse_memory: bool = True) -> None:
     """Process-wide settings are the entry point's to make (library code leaves them alone):
     keep freed memory for reuse, as PyTorch allocates each batch's activations anew."""
@@ -67,8 +74,10 @@ def cmd_train(args) -> int:
         run = resume(args.resume, data_root=args.data)
     else:
         cfg = _config(args)
+        if args.print_config:
+            return _print_config(cfg)
         _tune_process(cfg.train.reuse_memory)
-        run = train(cfg, run_dir=args.run_dir)
+        run = train(cfg, run_dir=args.run_dir, force=args.force)
     print(f"run folder: {run}  (model: {run / 'model.pt'})")
     return 0
 
@@ -201,8 +210,10 @@ def cmd_run(args) -> int:
     from medcls.console import show_evaluation
 
     cfg = _config(args)
+    if args.print_config:
+        return _print_config(cfg)
     _tune_process(cfg.train.reuse_memory)
-    run, result = run_job(cfg)
+    run, result = run_job(cfg, run_dir=args.run_dir, force=args.force)
     show_evaluation(result)
     m = result.metrics
     print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -234,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=3 (repeatable)")
 
+    def with_run_folder(p):  # train and run
+        p.add_argument("--print-config", action="store_true",
+                       help="print every config key (its value here, default and allowed values) as YAML and exit")
+        p.add_argument("--run-dir", help="run folder, which must be empty (default: OUTPUT_DIR/NAME-TIMESTAMP); "
+                                         "give every rank the same one under torchrun or SLURM")
+        p.add_argument("--force", action="store_true", help="train into a --run-dir that holds an earlier run's files")
+
     p = sub.add_parser("inspect", help="sizes, modes, counts, imbalance and a sample grid of a data set")
     p.add_argument("data", help="data folder")
     p.add_argument("--dataset", help=DATASET_HELP)
@@ -252,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; prints the run folder")
     with_config(p)
-    p.add_argument("--run-dir", help="run folder (default: OUTPUT_DIR/NAME-TIMESTAMP); give every rank the same "
-                                     "one under torchrun or SLURM")
+    with_run_folder(p)
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted run RUN from its last checkpoint")
     p.set_defaults(fn=cmd_train)
 
@@ -315,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: inspect, train, evaluate, save")
     with_config(p)
+    with_run_folder(p)
     p.set_defaults(fn=cmd_run)
     return parser
 

@@ -11,7 +11,6 @@ import resource
 import subprocess
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -41,6 +40,7 @@ from medcls.training.checkpointing import (
     carry_over_log,
 )
 from medcls.training.module import LitClassifier
+from medcls.training.run_dir import claim_run_dir, new_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,6 @@ class EpochTimer(pl.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.epochs = list(state["epochs"])
-
-
-def new_run_dir(cfg: Config) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
-    i = 1
-    while run.exists():
-        run = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{i}"
-        i += 1
-    run.mkdir(parents=True)
-    return run
 
 
 def environment() -> dict:
@@ -135,10 +124,13 @@ def _launched_worker() -> bool:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
-          resume_from: str | Path | None = None, callbacks: list[pl.Callback] | None = None) -> Path:
+          resume_from: str | Path | None = None, callbacks: list[pl.Callback] | None = None,
+          force: bool | None = False) -> Path:
     """Train a model as ``cfg`` says; return the run folder (holding ``model.pt``).
 
-    The run folder is ``run_dir`` if given, else a new ``OUTPUT_DIR/NAME-TIMESTAMP``.
+    The run folder is ``run_dir`` if given (refused if it holds files, unless ``force``; None: the
+    caller has claimed it, see :func:`~medcls.training.run_dir.claim_run_dir`), else a new
+    ``OUTPUT_DIR/NAME-TIMESTAMP``.
     ``resume_from`` (a Lightning checkpoint in ``run_dir``) continues an interrupted run on
     its own split; use :func:`medcls.training.resume.resume`. ``callbacks`` are extra
     Lightning callbacks. Under DDP, processes that Lightning launches for ranks > 0 reuse
@@ -147,15 +139,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)  # for this run only: restored below
     try:
-        return _fit_then_calibrate(cfg, run_dir, quiet, resume_from, callbacks)
+        return _fit_then_calibrate(cfg, run_dir, quiet, resume_from, callbacks, force)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, resume_from: str | Path | None,
-                        callbacks: list[pl.Callback] | None) -> Path:
+                        callbacks: list[pl.Callback] | None, force: bool | None) -> Path:
     tcfg = cfg.train
     check_run_config(cfg)
+    if run_dir is not None and resume_from is None and force is not None and not _launched_worker():
+        claim_run_dir(run_dir, force)  # rank 0 only: the other ranks find the files it has begun to write
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
     if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
