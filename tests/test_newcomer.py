@@ -137,3 +137,111 @@ def test_run_into_a_named_folder_then_train_over_it_with_force(xray_root, tmp_pa
     assert main(["train", "-c", "pneumonia-quick", "--run-dir", str(run), "--force", *sets,
                  "--set", "train.seed=1"]) == 0
     assert (run / "model.pt").read_bytes() != first
+
+
+def _printed_at_80(monkeypatch, capsys, *argv) -> list[str]:
+    """Lines that a command prints on an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80
+    return lines
+
+
+def test_predict_table_fits_80_columns_with_whole_names(xray_root, monkeypatch, capsys):
+    images = [sorted((xray_root / "test" / c).iterdir())[0] for c in ("NORMAL", "PNEUMONIA")]
+    text = "\n".join(_printed_at_80(monkeypatch, capsys, "predict", *map(str, images)))
+    assert f"images in {xray_root / 'test'}/" in text  # the shared folder once, in the title
+    for image in images:
+        assert f"{image.parent.name}/{image.name}" in text  # each path whole, relative to it
+    assert "NORMAL" in text and "PNEUMONIA" in text and "…" not in text
+
+
+@pytest.mark.slow
+def test_five_class_and_compare_tables_fit_80_columns(fundus_run, trained_run, tiny_fundus, monkeypatch, capsys):
+    import re
+
+    from medcls.data.datasets import RETINOPATHY_GRADES
+
+    text = "\n".join(_printed_at_80(monkeypatch, capsys, "predict", str(tiny_fundus / "Moderate DR"), "-m", str(fundus_run)))
+    headers = " ".join(text.split("─")[0].split())  # the header block, its wrapped lines joined
+    for grade in RETINOPATHY_GRADES:  # one column per grade, named by it (a long name wraps, never cut)
+        assert all(word in headers for word in grade.split())
+    assert re.search(r"^\S+\.jpg\s+(Healthy|Mild DR|Moderate|Severe|Proliferate)", text, re.M)
+    lines = _printed_at_80(monkeypatch, capsys, "compare", str(trained_run), str(fundus_run))
+    text = "\n".join(lines)
+    assert trained_run.name in text and fundus_run.name in text and "…" not in text
+    [fit] = [line for line in lines if line.startswith("fit time")]
+    shown = re.findall(r"(\d+(?:\.\d)?) (s|min)\b", fit)
+    for (value, unit), run in zip(shown, (trained_run, fundus_run), strict=True):
+        seconds = json.loads((run / "training.json").read_text())["fit_seconds"]
+        assert unit == ("s" if seconds < 60 else "min")  # seconds under a minute, not "0.0000" minutes
+        assert abs(float(value) * (1 if unit == "s" else 60) - seconds) <= (1 if unit == "s" else 3)
+
+
+def _events_by_task(events) -> dict:
+    by_task = {}
+    for e in events:
+        by_task.setdefault(e.description, []).append(e)
+    for seen in by_task.values():
+        assert [e.done for e in seen] == sorted(e.done for e in seen)  # it only moves forward
+        assert seen[-1].finished and seen[-1].done == seen[-1].total and all(not e.finished for e in seen[:-1])
+    return by_task
+
+
+def test_long_work_reports_progress_and_the_cli_draws_it(tiny_fundus, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from medcls.api import audit
+    from medcls.console import ProgressBars
+    from medcls.core.progress import reporting
+
+    events = []
+    with reporting(events.append):
+        audit(tiny_fundus, out=tmp_path / "a")
+    assert len(_events_by_task(events)["hashing 15 images"]) == 17  # start, one per image, end
+    terminal = io.StringIO()
+    bars = ProgressBars(Console(file=terminal, force_terminal=True, width=80))
+    for e in events:
+        bars(e)
+    assert "hashing 15 images" in terminal.getvalue()
+    assert bars._live is None  # every task ended: the display is gone, the next one (Lightning's) may start
+    events.clear()
+    audit(tiny_fundus, out=tmp_path / "b")  # no listener: nothing is reported, nothing printed
+    assert not events
+
+
+def test_a_large_prediction_reports_its_progress(trained_run, xray_root):
+    from medcls.api import predict
+    from medcls.core.progress import reporting
+
+    files = sorted((xray_root / "test" / "PNEUMONIA").iterdir())[:300]
+    events = []
+    with reporting(events.append):
+        rows, errors = predict(files, model=trained_run)
+        assert len(rows) == 300 and not errors
+        by_task = _events_by_task(events)
+        assert by_task["reading 300 images"][-1].done == by_task["running the model on 300 images"][-1].done == 300
+        events.clear()
+        predict(files[:10], model=trained_run)  # a few images (a page request's): no bars
+        assert not events
+
+
+@pytest.mark.slow
+def test_training_output_is_quiet_unless_verbose(xray_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, quick_overrides
+
+    sets = [x for o in quick_overrides(tmp_path / "runs", limit=12, epochs=1) for x in ("--set", o)]
+    noise = ("GPU available", "litlogger", "Total FLOPs", "Epoch 0/0")
+    for verbose in ([], ["-v"]):
+        res = subprocess.run([sys.executable, "-m", "medcls.cli", "train", *verbose, "-c", "pneumonia-quick", *sets],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert res.returncode == 0, res.stderr
+        shown = [n for n in noise if n in res.stdout + res.stderr]
+        assert shown == ([] if not verbose else ["GPU available", "litlogger", "Total FLOPs"]), (verbose, shown)

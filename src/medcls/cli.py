@@ -105,29 +105,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _prediction_cells(row: dict) -> list:
-    """A table row; an out-of-distribution image keeps its probabilities, marked untrusted in red."""
-    from rich.text import Text
-
-    foreign = row.get("in_distribution") is False
-    cells = []
-    for key, value in row.items():
-        if key == "in_distribution":
-            text = "-" if value is None else "yes" if value else "NO"
-        else:
-            text = f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
-        if foreign and (key == "prediction" or key.startswith("p_")):
-            text += " (untrusted)"
-        cells.append(Text(text, style="bold red" if foreign and key != "path" else ""))
-    return cells
-
-
 def cmd_predict(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     from medcls.api import explain, predict
+    from medcls.console import show_predictions
     from medcls.explain.gradcam import explainable_model
 
     _tune_process()
@@ -135,18 +115,8 @@ def cmd_predict(args) -> int:
         explainable_model(args.model)  # an ONNX model fails here, before the predictions, not after
     predictions, errors = predict(args.paths, args.model, args.out, compile=args.compile)
     rows = [p.row() for p in predictions]
-    console = Console()
     if rows:
-        table = Table()
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("path", "prediction") else "right")
-        for row in rows:
-            table.add_row(*_prediction_cells(row))
-        console.print(table)
-        foreign = sum(row.get("in_distribution") is False for row in rows)
-        if foreign:
-            console.print(Text(f"WARNING: {foreign} image(s) do not look like this model's training data "
-                               "(in_distribution NO): their predictions are untrusted.", style="bold red"))
+        show_predictions(rows)
     for name, reason in errors.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if args.out:
@@ -158,20 +128,13 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from medcls.api import compare
+    from medcls.console import show_comparison
     from medcls.core.io import atomic_write_text
-    from medcls.evaluation.compare import format_value, markdown_table
+    from medcls.evaluation.compare import markdown_table
 
     rows = compare(args.runs)
-    table = Table()
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("run", "arch") else "right")
-    for row in rows:
-        table.add_row(*(format_value(v) for v in row.values()))
-    Console().print(table)
+    show_comparison(rows)
     if args.markdown:
         atomic_write_text(args.markdown, markdown_table(rows))
     return 0
@@ -235,6 +198,8 @@ def add_cam_options(p, layer: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcls", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medcls {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also show Lightning's messages (hardware, model summary) and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
@@ -334,11 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     with_run_folder(p)
     p.set_defaults(fn=cmd_run)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                             help="also show Lightning's messages and debug logs")
     return parser
 
 
-def _show_logs() -> None:
-    """The library logs through :mod:`logging`; the command line shows its messages with rich."""
+# Lightning's INFO messages: hardware availability, a logger advertisement, the model summary (with
+# "Total FLOPs: 0" on CPU); its warnings still show.
+LIGHTNING_NOISE = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                   "lightning.pytorch.callbacks.model_summary", "lightning.pytorch.accelerators.cuda")
+
+
+def _show_logs(verbose: bool = False) -> None:
+    """The library logs through :mod:`logging`; the command line shows its messages with rich
+    (debug ones with ``verbose``) and Lightning's chatter only with ``verbose``."""
     import logging
 
     from rich.logging import RichHandler
@@ -348,17 +323,23 @@ def _show_logs() -> None:
     logger = logging.getLogger("medcls")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=console, show_time=False, show_path=False, markup=False))
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in LIGHTNING_NOISE:  # set before Lightning is imported: it only sets its top logger's level
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _show_logs()
+    _show_logs(args.verbose)
+    from medcls.console import ProgressBars, console
     from medcls.core.io import DISK_FULL
+    from medcls.core.progress import reporting
     from medcls.errors import USER_ERRORS
 
     try:
-        return args.fn(args)
+        # Long work shows bars on a terminal; the web service's requests are short, its log the server's.
+        with reporting(ProgressBars() if args.command != "serve" and console.is_terminal else None):
+            return args.fn(args)
     except USER_ERRORS as exc:
         print(f"medcls {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
