@@ -69,6 +69,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     import dataclasses
 
     from medcls.core.io import atomic_write_json
+    from medcls.core.progress import task
     from medcls.evaluation.evaluate import evaluate_model, resolve_checkpoint
     from medcls.reporting.report import write_report
 
@@ -76,7 +77,8 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     if report:
         run = resolve_checkpoint(target)[1]
         out = Path(out_dir) if out_dir else run
-        shortcut = write_report(run, out, result.to_dict())["shortcut_check"]
+        with task("writing report.html (heat maps, shortcut check)", enabled=not quiet):
+            shortcut = write_report(run, out, result.to_dict())["shortcut_check"]
         result = dataclasses.replace(result, shortcut_check=shortcut)
         atomic_write_json(out / "metrics.json", result.to_dict())
     return result
