@@ -245,3 +245,22 @@ def test_training_output_is_quiet_unless_verbose(xray_root, tmp_path):
         assert res.returncode == 0, res.stderr
         shown = [n for n in noise if n in res.stdout + res.stderr]
         assert shown == ([] if not verbose else ["GPU available", "litlogger", "Total FLOPs"]), (verbose, shown)
+
+
+def test_api_docs_load_without_internet():
+    """/docs and /redoc reference only the server's own files (air-gapped networks), and it serves them."""
+    import re
+
+    from medcls.serving.server import load_app
+    from test_serve import thread_server
+
+    with thread_server(load_app()) as c:
+        for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            html = c.get(page).text
+            urls = re.findall(r'(?:src|href)="([^"]+)"|url: ?[\'"]([^\'"]+)', html)
+            urls = [u for pair in urls for u in pair if u]
+            assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))], (page, urls)
+            [js] = [u for u in urls if u.endswith(script)]
+            asset = c.get(js)
+            assert asset.status_code == 200 and len(asset.content) > 100_000
+        assert c.get("/openapi.json").json()["info"]["title"] == "medcls"
