@@ -1,5 +1,6 @@
 """Typed run configuration: dataclasses with the one set of defaults, loaded from
-YAML presets under ``configs/`` and overridable with ``section.key=value`` strings.
+YAML presets (files, or by name from the package's ``medcls/configs/``) and
+overridable with ``section.key=value`` strings.
 
 Every key is checked before any work starts: unknown keys, wrong types and
 impossible values raise :class:`ConfigError` naming the key.
@@ -8,7 +9,6 @@ impossible values raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,16 +17,32 @@ from typing import Any, Optional
 
 import yaml
 
-from medcls.core.paths import default_cache_dir
+from medcls.core.paths import default_cache_dir, default_data_root
 
 
 class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type or out of range."""
 
 
-def default_data_root() -> str:
-    """The chest X-ray data: ``$MEDCLS_DATA`` if set, else ``../shared/data/chest_xray``."""
-    return os.environ.get("MEDCLS_DATA", "../shared/data/chest_xray")
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped with the package (package-data)
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package, loadable by name (``load_config("pneumonia-quick")``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A YAML file: ``path`` itself if it is a file, else the shipped preset of that name (with or
+    without ``.yaml``); raises :class:`ConfigError` listing the presets when it is neither."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        shipped = PRESETS_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"config file not found: {path} (a file, or a preset name: {', '.join(preset_names())})")
 
 
 @dataclass
@@ -270,12 +286,11 @@ def _merge(base: dict, path: list[str], value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML preset (or the defaults) and apply ``section.key=value`` overrides."""
+    """Load a YAML file or a shipped preset by name (e.g. ``"pneumonia-quick"``; None: the defaults)
+    and apply ``section.key=value`` overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_preset(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

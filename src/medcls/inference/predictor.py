@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medcls.core.io import atomic_write_text
+from medcls.core.progress import PROGRESS_MIN_ITEMS, track
 from medcls.data.images import ImageLoadError, Source, expand_paths, load_image
 from medcls.inference.backend import Backend
 from medcls.inference.onnx_backend import load_onnx
@@ -139,7 +140,8 @@ class Predictor:
         sources = list(sources)
         names = list(names) if names is not None else [str(s) for s in sources]
         arrays, kept, errors = [], [], {}
-        for name, source in zip(names, sources):
+        n = len(sources)
+        for name, source in track(zip(names, sources), f"reading {n} images", n, enabled=n >= PROGRESS_MIN_ITEMS):
             try:
                 arrays.append(self.preprocess(source))
                 kept.append(name)

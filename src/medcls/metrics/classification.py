@@ -8,6 +8,8 @@ from typing import Callable
 import numpy as np
 from sklearn import metrics as skm
 
+from medcls.core.progress import PROGRESS_MIN_ITEMS, track
+
 # What people call the metrics (tables and reports); the keys stay the stable machine names.
 METRIC_NAMES = {
     "accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
@@ -83,7 +85,7 @@ def bootstrap_ci(fn: Callable[[np.ndarray], dict], n: int, draws: int = 1000, se
     Returns ``{metric: [low, high]}`` for every finite scalar metric."""
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
-    for _ in range(draws):
+    for _ in track(range(draws), f"bootstrap confidence intervals ({draws} draws)", draws, draws >= PROGRESS_MIN_ITEMS):
         for key, value in fn(rng.integers(0, n, n)).items():
             if isinstance(value, (int, float, np.floating)) and np.isfinite(value):
                 samples.setdefault(key, []).append(float(value))
