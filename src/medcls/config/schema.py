@@ -80,8 +80,8 @@ class ModelConfig:
     arch: str = "seed-cnn"
     kwargs: dict = field(default_factory=dict)
     # dataset: subtract the training set's mean, divide by its std; per-image: each image by its own
-    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites)
-    # auto: the weights' own normalisation when model.pretrained is set, the dataset's otherwise
+    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites);
+    # weights: the pretrained weights' own; auto: weights when model.pretrained is set, dataset otherwise
     input_norm: str = "auto"
     # none | imagenet (the weights registered for the architecture, medcls.models.pretrained) | a weights file
     pretrained: str = "none"
@@ -111,11 +111,9 @@ class TrainConfig:
     # first 3x3 convolution with them (its output never stored; float32 weight gradient)
     fuse_relu_maxpool: bool = True
     fuse_first_conv: bool = True
-    # fine-tuning pretrained weights: epochs training only the fresh head first, the learning rate of
-    # the pretrained tensors relative to train.lr, and no weight decay on norms and biases
-    head_warmup_epochs: int = 0
-    backbone_lr_scale: float = 1.0
-    no_decay_norm_bias: bool = False
+    head_warmup_epochs: int = 0  # fine-tuning: first epochs train only the fresh head (pretrained tensors frozen)
+    backbone_lr_scale: float = 1.0  # fine-tuning: learning rate of the pretrained tensors relative to train.lr
+    no_decay_norm_bias: bool = False  # no weight decay on norms and biases (the 1-D tensors)
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
