@@ -340,6 +340,15 @@ def test_serve_defaults_to_the_shipped_model():
     assert got["ood_score"] == want.ood_score is not None
 
 
+def wait_in_page(page, condition: str, timeout: float = 60) -> None:
+    """Poll a JavaScript condition through ``page.evaluate`` (the DevTools protocol): Playwright's
+    ``wait_for_function`` evaluates strings with the page's ``eval``, which the service's CSP forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"() => Boolean({condition})"):
+        assert time.monotonic() < deadline, f"the page never met: {condition}"
+        time.sleep(0.05)
+
+
 @pytest.mark.browser
 def test_web_page_in_chromium(server, client, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -356,13 +365,13 @@ def test_web_page_in_chromium(server, client, tmp_path):
             failed = []
             page.on("requestfailed", lambda r: failed.append(r.url))
             page.goto(server)
-            page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+            wait_in_page(page, "document.getElementById('model').textContent.startsWith('model ')")
             # before the first upload: no answer area, so no broken-image placeholder
             assert not page.locator("#output").is_visible() and not page.locator("#preview").is_visible()
             assert "classes: NORMAL, PNEUMONIA" in page.inner_text("#model")
             for path in (image, dicom):
                 page.set_input_files("#file", str(path))
-                page.wait_for_function(f"document.getElementById('filename').textContent === '{path.name}' && "
+                wait_in_page(page, f"document.getElementById('filename').textContent === '{path.name}' && "
                                        "document.getElementById('result-class').textContent !== '' && "
                                        "document.getElementById('preview').naturalWidth > 0")
                 assert page.inner_text("#result-class") in CLASSES
@@ -380,7 +389,7 @@ def test_web_page_in_chromium(server, client, tmp_path):
                 flag = post(client, (path.name, path.read_bytes(), "image/png"))
                 in_distribution = flag.json()["predictions"][0]["in_distribution"]
                 page.set_input_files("#file", str(path))
-                page.wait_for_function(f"document.getElementById('filename').textContent === '{path.name}' && "
+                wait_in_page(page, f"document.getElementById('filename').textContent === '{path.name}' && "
                                        "document.getElementById('result-class').textContent !== ''")
                 assert page.locator("#ood-warning").is_visible() == (not in_distribution)
                 assert ("(untrusted)" in page.inner_text("#result-class")) == (not in_distribution)
@@ -405,9 +414,9 @@ def test_web_page_shows_the_heat_map_of_a_checkpoint(trained_run):
         try:
             page = browser.new_page()
             page.goto(str(c.base_url))
-            page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+            wait_in_page(page, "document.getElementById('model').textContent.startsWith('model ')")
             page.set_input_files("#file", str(JPEG))
-            page.wait_for_function("document.getElementById('result-class').textContent !== '' && "
+            wait_in_page(page, "document.getElementById('result-class').textContent !== '' && "
                                    "!document.getElementById('heatmap-figure').hidden && "
                                    "document.getElementById('heatmap').naturalWidth > 0")
             assert "where the model looked" in page.inner_text("#heatmap-figure")
