@@ -94,6 +94,17 @@ class OODDetector:
         edges = np.cumsum([0, *self.blocks])
         return np.max([g.distance(features[:, edges[b]:edges[b + 1]]) for b, g in self.gaussians.items()], axis=0)
 
+    def set_threshold(self, features: np.ndarray, logits: np.ndarray, flag_rate: float) -> None:
+        """Re-scale each block and set the threshold so that ``flag_rate`` of these in-distribution
+        images are flagged (validation when fitted; a site's own images after ``medcls adapt``,
+        whose new BatchNorm statistics move every feature)."""
+        edges = np.cumsum([0, *self.blocks])
+        for b, g in self.gaussians.items():
+            g.scale = 1.0
+            g.scale = float(np.quantile(g.distance(features[:, edges[b]:edges[b + 1]]), 1.0 - flag_rate))
+        self.threshold = float(np.quantile(self.score(features, logits), 1.0 - flag_rate))
+        self.flag_rate = flag_rate
+
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         return scores <= self.threshold
 
@@ -128,10 +139,8 @@ def fit_detector(method: str, blocks: list[int], train_features: np.ndarray, tra
     used = {"mahalanobis-multiscale": range(len(blocks)), "mahalanobis-penultimate": [len(blocks) - 1]}
     edges = np.cumsum([0, *blocks])
     for b in used.get(method, []):
-        g = Gaussians.fit(train_features[:, edges[b]:edges[b + 1]], train_labels)
-        g.scale = float(np.quantile(g.distance(val_features[:, edges[b]:edges[b + 1]]), 1.0 - flag_rate))
-        detector.gaussians[b] = g
-    detector.threshold = float(np.quantile(detector.score(val_features, val_logits), 1.0 - flag_rate))
+        detector.gaussians[b] = Gaussians.fit(train_features[:, edges[b]:edges[b + 1]], train_labels)
+    detector.set_threshold(val_features, val_logits, flag_rate)
     return detector
 
 

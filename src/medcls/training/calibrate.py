@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
-from medcls.config import Config, config_from_dict
+from medcls.config import Config, EvalConfig, config_from_dict
 from medcls.core.io import atomic_write_json
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.metrics.calibration import fit_temperature
@@ -47,6 +48,21 @@ class Calibration:
                                    threshold_rule=self.threshold_rule, ood=self.ood)
 
 
+def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, on: str = "validation"
+                 ) -> tuple[float, float, str, str]:
+    """``(temperature, threshold, rule, reason)`` fitted on ``logits`` and their ``labels``: the
+    temperature if ``rules.calibrate``, then for one logit (two classes) the threshold on the
+    calibrated p(positive) by ``rules.threshold_rule``; argmax models keep 0.5. ``on`` names the data
+    in the reason."""
+    temperature = fit_temperature(logits, labels) if rules.calibrate else 1.0
+    if logits.shape[1] != 1:
+        return temperature, 0.5, "argmax", "argmax of class probabilities"
+    probs = logits_to_probs(logits, temperature)[:, 1]
+    threshold, why = choose_threshold(labels, probs, rules.threshold_rule, rules.target_sensitivity,
+                                      rules.fixed_threshold, on)
+    return temperature, threshold, rules.threshold_rule, why
+
+
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
     """Fit temperature (if ``eval.calibrate``), threshold (binary, by ``eval.threshold_rule``) and
     the OOD detector of ``net`` on ``data``'s validation split; ``net`` is left unchanged."""
@@ -54,13 +70,7 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
     if not len(val_labels):
         return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
     val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
-    temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate else 1.0
-    threshold, rule, why = 0.5, "argmax", "argmax of class probabilities"
-    if len(data.classes) == 2:
-        probs = logits_to_probs(val_logits, temperature)[:, 1]
-        threshold, why = choose_threshold(val_labels, probs, cfg.eval.threshold_rule, cfg.eval.target_sensitivity,
-                                          cfg.eval.fixed_threshold)
-        rule = cfg.eval.threshold_rule
+    temperature, threshold, rule, why = fit_decision(val_logits, val_labels, cfg.eval)
     ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
                   cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
