@@ -16,7 +16,6 @@ before and after adaptation. Writes ``benchmarks/results/site_calibration.{json,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from medcls.site.calibrate import site_decision
 from medcls.site.sample import group_folds, labelled_sample, unlabelled_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, machine  # noqa: E402
+from common import ROOT, machine, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 KEYS = ("accuracy", "recall", "specificity", "roc_auc")
@@ -135,10 +134,7 @@ def main() -> None:
               "shipped": shipped, "mean_over_folds": summary, "folds_detail": rows,
               "adabn_all_624_transductive": figures(y, t_logits, info, args.bootstrap),
               "seconds": round(time.time() - t0, 1), "machine": machine()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "site_calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "site_calibration.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results("site_calibration", result, markdown(result))
 
 
 def markdown(r: dict) -> str:

@@ -153,3 +153,19 @@ def test_group_folds_keep_patients_together():
     owner = {groups[i]: k for k, fold in enumerate(folds) for i in fold}
     assert all(owner[groups[i]] == k for k, fold in enumerate(folds) for i in fold)
     assert all(0.2 < labels[f].mean() < 0.5 for f in folds)
+
+
+def test_early_scales_detector_leaves_out_the_last_stage():
+    """``mahalanobis-early`` (benchmarks/near_ood.py): the scales before the last, without the penultimate block."""
+    from medcls.ood.detector import fit_detector
+
+    rng = np.random.default_rng(0)
+    blocks = [4, 4, 8, 8]
+    train, val = rng.normal(size=(400, 24)), rng.normal(size=(200, 24))
+    labels = np.arange(400) % 2
+    detector = fit_detector("mahalanobis-early", blocks, train, labels, val, np.zeros((200, 1)), 0.05)
+    assert sorted(detector.gaussians) == [0, 1]
+    assert np.mean(detector.score(val, np.zeros((200, 1))) > detector.threshold) == pytest.approx(0.05, abs=0.006)
+    shifted = val.copy()
+    shifted[:, 16:] += 100  # the last scale and the penultimate block: not looked at
+    assert np.array_equal(detector.score(shifted, np.zeros((200, 1))), detector.score(val, np.zeros((200, 1))))

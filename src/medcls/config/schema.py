@@ -139,7 +139,8 @@ _CHOICES = {
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
-    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit"},
+    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-early", "mahalanobis-penultimate", "energy",
+                             "max-logit"},
 }
 
 _RANGES = {
