@@ -68,6 +68,9 @@ def test_calibrate_refits_threshold_and_records_provenance(model, labelled, tmp_
     assert (rec.threshold, rec.temperature) == (info.threshold, info.temperature)
     assert (rec.threshold_before, rec.temperature_before) == (shipped.threshold, shipped.temperature)
     assert "site's sample" in rec.threshold_reason
+    from medcls.models.checkpoint import checkpoint_summary
+
+    assert checkpoint_summary(info)["site"]["calibration"]["data_sha256"] == rec.data_sha256  # GET /v1/model
     # The threshold is Youden's J on the sample's calibrated probabilities, as the reason says.
     sample = labelled_sample(labelled, shipped, quiet=True)
     from medcls.inference.predictor import Predictor

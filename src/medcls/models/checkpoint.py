@@ -223,4 +223,5 @@ def checkpoint_summary(info: ModelInfo) -> dict[str, Any]:
     """The facts a user or service wants to see about a model."""
     return {"arch": info.arch, "classes": info.classes, "image_size": info.image_size,
             "color_mode": info.color_mode, "threshold": info.threshold, "threshold_rule": info.threshold_rule,
-            "temperature": info.temperature, "positive_class": info.positive_class}
+            "temperature": info.temperature, "positive_class": info.positive_class,
+            "site": None if info.site is None else dataclasses.asdict(info.site)}  # medcls calibrate / adapt
