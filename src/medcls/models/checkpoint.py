@@ -18,10 +18,11 @@ import torch
 from medcls.core.io import atomic_torch_save
 from medcls.core.messages import first_line
 from medcls.models import ImageClassifier, build_model
+from medcls.models.pretrained import PretrainedRecord
 
 FORMAT = "medcls-checkpoint"
 # 2: the OOD detector's state is the typed field ``ModelInfo.ood`` (was ``extras["ood"]``).
-# 3: ``ModelInfo.site``, the fits to a new site (older files load with ``site=None``; an older
+# 3: ``ModelInfo.site``, the fits to a new site, with ``pretrained`` and ``cutpoints`` (older files load with None; an older
 #    medcls refuses a format-3 file as newer instead of failing on the unknown field).
 FORMAT_VERSION = 3
 
@@ -107,15 +108,19 @@ class ModelInfo:
     positive_class: Optional[str] = None
     ordinal: bool = False
     referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view
+    cutpoints: Optional[list[float]] = None  # ordinal grades: cuts of the expected grade (None: argmax)
     test_digest: Optional[str] = None  # SHA-256 of the frozen test split it must be evaluated on
     test_fingerprint: Optional[str] = None  # SHA-256 of that split's file contents (medcls.data.fingerprint)
     config: dict = field(default_factory=dict)
     ood: Optional[OODState] = None  # None: trained before medcls had a detector
+    pretrained: Optional[PretrainedRecord] = None  # None: trained from scratch
     site: Optional[SiteState] = None  # None: not fitted to a site (medcls calibrate / adapt)
 
     def __post_init__(self) -> None:
         if isinstance(self.ood, dict):  # as read back from a file
             self.ood = OODState(**self.ood)
+        if isinstance(self.pretrained, dict):
+            self.pretrained = PretrainedRecord(**self.pretrained)
         if isinstance(self.site, dict):
             self.site = SiteState(**self.site)
 

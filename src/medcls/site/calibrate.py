@@ -45,18 +45,22 @@ class SiteCalibrationResult:
 
 
 def site_decision(logits: np.ndarray, labels: np.ndarray, info: ModelInfo, threshold_rule: Optional[str] = None,
-                  target_sensitivity: Optional[float] = None) -> tuple[ModelInfo, str]:
-    """``info`` with the temperature and threshold refitted on ``logits`` / ``labels`` (the model's
-    own rules unless ``threshold_rule`` / ``target_sensitivity`` say otherwise), and the reason."""
+                  target_sensitivity: Optional[float] = None, ordinal_decision: Optional[str] = None
+                  ) -> tuple[ModelInfo, str]:
+    """``info`` with the temperature and threshold (or ordinal cut-points) refitted on ``logits`` /
+    ``labels`` (the model's own rules unless the arguments say otherwise), and the reason."""
     cfg = config_from_dict(info.config)
     rules = cfg.eval
-    rules.threshold_rule = threshold_rule or (info.threshold_rule if info.threshold_rule != "argmax" else "youden")
+    if threshold_rule is not None:
+        rules.threshold_rule = threshold_rule
     if target_sensitivity is not None:
         rules.target_sensitivity = target_sensitivity
-    temperature, threshold, rule, why = fit_decision(logits, labels, rules, on="the site's sample")
+    if ordinal_decision is not None:
+        rules.ordinal_decision = ordinal_decision
+    d = fit_decision(logits, labels, rules, info.ordinal, on="the site's sample")
     # The rules used are recorded in the model's config, as medcls recalibrate records them.
-    return dataclasses.replace(info, temperature=temperature, threshold=threshold, threshold_rule=rule,
-                               config=cfg.to_dict()), why
+    return dataclasses.replace(info, temperature=d.temperature, threshold=d.threshold, threshold_rule=d.rule,
+                               cutpoints=d.cutpoints, config=cfg.to_dict()), d.reason
 
 
 def refit_bootstrap(probs: np.ndarray, labels: np.ndarray, fitted: ModelInfo, draws: int, seed: int = 0
@@ -90,7 +94,8 @@ def _interval(values: list[float]) -> list[float]:
 
 def calibrate_site(model: str | Path, data: str | Path, out: str | Path | None = None,
                    threshold_rule: Optional[str] = None, target_sensitivity: Optional[float] = None,
-                   bootstrap: int = 1000, quiet: bool = False) -> SiteCalibrationResult:
+                   bootstrap: int = 1000, quiet: bool = False, ordinal_decision: Optional[str] = None
+                   ) -> SiteCalibrationResult:
     """Refit ``model``'s temperature and threshold on the labelled site sample ``data`` (class folders)
     and write the result to ``out`` (default: ``<model name>-site.pt`` in the current folder), its
     provenance in ``ModelInfo.site.calibration``. Refuses fewer than
@@ -102,7 +107,7 @@ def calibrate_site(model: str | Path, data: str | Path, out: str | Path | None =
     check_class_counts(counts)
     y = sample.labels
     logits = Predictor(net, info, config_from_dict(info.config).data.batch_size).logits(sample.images)
-    fitted, why = site_decision(logits, y, info, threshold_rule, target_sensitivity)
+    fitted, why = site_decision(logits, y, info, threshold_rule, target_sensitivity, ordinal_decision)
     result = summarise(sample, counts, logits, info, fitted, why, bootstrap)
     fitted = dataclasses.replace(fitted, site=dataclasses.replace(info.site or SiteState(), calibration=result.record))
     out = Path(out) if out is not None else Path(f"{ckpt.stem}-site.pt")

@@ -19,6 +19,7 @@ from medcls.config import Config, EvalConfig, config_from_dict
 from medcls.core.io import atomic_write_json
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.metrics.calibration import fit_temperature
+from medcls.metrics.ordinal import fit_cutpoints
 from medcls.metrics.threshold import choose_threshold
 from medcls.models.checkpoint import ModelInfo, OODState, load_checkpoint, save_checkpoint
 from medcls.models.inference import batch_logits, logits_to_probs
@@ -41,26 +42,41 @@ class Calibration:
     threshold_reason: str
     ood: Optional[OODState]
     n_val: int
+    cutpoints: Optional[list[float]] = None  # ordinal grades decided by cut-points (eval.ordinal_decision)
 
     def apply(self, info: ModelInfo) -> ModelInfo:
-        """``info`` with this calibration's temperature, threshold and detector."""
+        """``info`` with this calibration's temperature, decision rule and detector."""
         return dataclasses.replace(info, temperature=self.temperature, threshold=self.threshold,
-                                   threshold_rule=self.threshold_rule, ood=self.ood)
+                                   threshold_rule=self.threshold_rule, ood=self.ood, cutpoints=self.cutpoints)
 
 
-def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, on: str = "validation"
-                 ) -> tuple[float, float, str, str]:
-    """``(temperature, threshold, rule, reason)`` fitted on ``logits`` and their ``labels``: the
-    temperature if ``rules.calibrate``, then for one logit (two classes) the threshold on the
-    calibrated p(positive) by ``rules.threshold_rule``; argmax models keep 0.5. ``on`` names the data
-    in the reason."""
+@dataclass(frozen=True)
+class Decision:
+    """How logits become decisions: the temperature, then the binary threshold or the ordinal cut-points."""
+
+    temperature: float
+    threshold: float  # binary: positive when p(positive) >= threshold; 0.5 otherwise
+    rule: str  # the threshold rule, "argmax" or "cutpoints"
+    reason: str
+    cutpoints: Optional[list[float]] = None
+
+
+def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, ordinal: bool = False,
+                 on: str = "validation") -> Decision:
+    """The :class:`Decision` fitted on ``logits`` and their ``labels``: the temperature if
+    ``rules.calibrate``, then for two classes the threshold on the calibrated p(positive) by
+    ``rules.threshold_rule``, for ``ordinal`` grades with ``rules.ordinal_decision=cutpoints`` the
+    cut-points; otherwise argmax. ``on`` names the data in the reason."""
     temperature = fit_temperature(logits, labels) if rules.calibrate else 1.0
-    if logits.shape[1] != 1:
-        return temperature, 0.5, "argmax", "argmax of class probabilities"
-    probs = logits_to_probs(logits, temperature)[:, 1]
-    threshold, why = choose_threshold(labels, probs, rules.threshold_rule, rules.target_sensitivity,
-                                      rules.fixed_threshold, on)
-    return temperature, threshold, rules.threshold_rule, why
+    probs = logits_to_probs(logits, temperature)
+    if probs.shape[1] == 2:
+        threshold, why = choose_threshold(labels, probs[:, 1], rules.threshold_rule, rules.target_sensitivity,
+                                          rules.fixed_threshold, on)
+        return Decision(temperature, threshold, rules.threshold_rule, why)
+    if ordinal and rules.ordinal_decision == "cutpoints":
+        cutpoints, why = fit_cutpoints(labels, probs)
+        return Decision(temperature, 0.5, "cutpoints", why, cutpoints)
+    return Decision(temperature, 0.5, "argmax", "argmax of class probabilities")
 
 
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
@@ -70,18 +86,21 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
     if not len(val_labels):
         return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
     val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
-    temperature, threshold, rule, why = fit_decision(val_logits, val_labels, cfg.eval)
+    decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
     ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
                   cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
-    return Calibration(temperature, threshold, rule, why, ood, int(len(val_labels)))
+    return Calibration(decision.temperature, decision.threshold, decision.rule, decision.reason, ood,
+                       int(len(val_labels)), decision.cutpoints)
 
 
 def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,
-                  target_sensitivity: float | None = None, quiet: bool = False) -> Calibration:
+                  target_sensitivity: float | None = None, quiet: bool = False,
+                  ordinal_decision: str | None = None) -> Calibration:
     """Refit the calibration of the finished run ``run`` on its frozen validation split (its
     ``manifest.csv``) and rewrite its ``model.pt``; the weights are not touched. ``threshold_rule``
-    / ``target_sensitivity`` replace the run's ``eval`` settings (recorded in the checkpoint's config)."""
+    / ``target_sensitivity`` / ``ordinal_decision`` replace the run's ``eval`` settings (recorded in
+    the checkpoint's config)."""
     run = Path(run)
     ckpt, manifest = run / "model.pt", run / "manifest.csv"
     if not ckpt.is_file() or not manifest.is_file():
@@ -92,6 +111,8 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
         cfg.eval.threshold_rule = threshold_rule
     if target_sensitivity is not None:
         cfg.eval.target_sensitivity = target_sensitivity
+    if ordinal_decision is not None:
+        cfg.eval.ordinal_decision = ordinal_decision
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
         data_cfg.root = str(data_root)
@@ -111,5 +132,5 @@ def record_calibration(run: Path, calibration: Calibration) -> None:
     path = run / "training.json"
     facts = json.loads(path.read_text()) if path.is_file() else {}
     facts.update(temperature=calibration.temperature, threshold=calibration.threshold,
-                 threshold_reason=calibration.threshold_reason)
+                 threshold_reason=calibration.threshold_reason, cutpoints=calibration.cutpoints)
     atomic_write_json(path, facts)
