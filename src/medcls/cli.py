@@ -87,7 +87,7 @@ def cmd_recalibrate(args) -> int:
 
     _tune_process()
     cal = recalibrate(args.run, data_root=args.data, threshold_rule=args.threshold_rule,
-                      target_sensitivity=args.target_sensitivity)
+                      target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision)
     print(f"recalibrated {args.run}/model.pt on {cal.n_val} validation images: {cal.threshold_reason}; "
           f"temperature {cal.temperature:.3f}")
     return 0
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-rule", choices=["youden", "sensitivity", "f1", "fixed"],
                    help="operating-point rule (default: the run's eval.threshold_rule)")
     p.add_argument("--target-sensitivity", type=float, help="for --threshold-rule sensitivity")
+    p.add_argument("--ordinal-decision", choices=["argmax", "cutpoints"],
+                   help="graded models: argmax, or cut-points on the expected grade fitted for QWK")
     p.set_defaults(fn=cmd_recalibrate)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")

@@ -80,8 +80,11 @@ class ModelConfig:
     arch: str = "seed-cnn"
     kwargs: dict = field(default_factory=dict)
     # dataset: subtract the training set's mean, divide by its std; per-image: each image by its own
-    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites)
-    input_norm: str = "dataset"
+    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites);
+    # weights: the pretrained weights' own; auto: weights when model.pretrained is set, dataset otherwise
+    input_norm: str = "auto"
+    # none | imagenet (the weights registered for the architecture, medcls.models.pretrained) | a weights file
+    pretrained: str = "none"
 
 
 @dataclass
@@ -108,6 +111,9 @@ class TrainConfig:
     # first 3x3 convolution with them (its output never stored; float32 weight gradient)
     fuse_relu_maxpool: bool = True
     fuse_first_conv: bool = True
+    head_warmup_epochs: int = 0  # fine-tuning: first epochs train only the fresh head (pretrained tensors frozen)
+    backbone_lr_scale: float = 1.0  # fine-tuning: learning rate of the pretrained tensors relative to train.lr
+    no_decay_norm_bias: bool = False  # no weight decay on norms and biases (the 1-D tensors)
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
@@ -123,6 +129,8 @@ class EvalConfig:
     threshold_rule: str = "youden"  # youden | sensitivity | f1 | fixed
     target_sensitivity: float = 0.95  # for threshold_rule=sensitivity
     fixed_threshold: float = 0.5
+    # ordinal grades: argmax, or cut-points on the expected grade fitted on validation for QWK
+    ordinal_decision: str = "argmax"
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
@@ -148,13 +156,14 @@ class Config:
 
 _CHOICES = {
     ("data", "color_mode"): {None, "grayscale", "rgb"},
-    ("model", "input_norm"): {"dataset", "per-image"},
+    ("model", "input_norm"): {"auto", "dataset", "weights", "per-image"},
     ("train", "optimizer"): {"adam", "adamw", "sgd"},
     ("train", "loss"): {"auto", "bce", "ce"},
     ("train", "imbalance"): {"class_weights", "sampler", "none"},
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
+    ("eval", "ordinal_decision"): {"argmax", "cutpoints"},
     ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit"},
 }
 
@@ -172,6 +181,8 @@ _RANGES = {
     ("train", "seed"): (0, 2**32 - 1),  # outside it Lightning silently picks a random seed
     ("train", "weight_decay"): (0.0, 1.0),
     ("train", "warmup_epochs"): (0, 100000),
+    ("train", "head_warmup_epochs"): (0, 100000),
+    ("train", "backbone_lr_scale"): (0.0, 100.0),
     ("train", "lr_factor"): (0.0, 0.999),
     ("train", "lr_patience"): (0, 100000),
     ("train", "early_stopping_patience"): (0, 100000),

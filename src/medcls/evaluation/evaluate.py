@@ -52,7 +52,7 @@ def score(y: np.ndarray, probs: np.ndarray, info: ModelInfo) -> dict:
     """The headline metrics of ``probs`` against ``y`` for this model's task."""
     if info.binary:
         return binary_metrics(y, probs[:, 1], info.threshold)
-    return multiclass_metrics(y, probs, info.ordinal, referable_index(info))
+    return multiclass_metrics(y, probs, info.ordinal, referable_index(info), decide(probs, info))
 
 
 def resolve_checkpoint(target: str | Path) -> tuple[Path, Path]:

@@ -22,15 +22,19 @@ from medcls.data.images import ImageLoadError, Source, expand_paths, load_image
 from medcls.inference.backend import Backend
 from medcls.inference.onnx_backend import load_onnx
 from medcls.inference.torch_backend import TorchBackend
+from medcls.metrics.ordinal import grade_decision
 from medcls.models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 from medcls.models.inference import logits_to_probs
 from medcls.ood.detector import OODDetector, ood_columns
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """Class indices: binary models compare p(positive) with the stored threshold."""
+    """Class indices: binary models compare p(positive) with the stored threshold; graded models with
+    cut-points cut the expected grade; others take the argmax."""
     if info.binary:
         return (probs[:, 1] >= info.threshold).astype(int)
+    if info.cutpoints:
+        return grade_decision(probs, info.cutpoints)
     return probs.argmax(axis=1)
 
 

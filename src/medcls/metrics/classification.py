@@ -43,12 +43,13 @@ def binary_metrics(y: np.ndarray, p_pos: np.ndarray, threshold: float) -> dict:
 
 
 def multiclass_metrics(y: np.ndarray, probs: np.ndarray, ordinal: bool = False,
-                       referable_from: int | None = None) -> dict:
+                       referable_from: int | None = None, pred: np.ndarray | None = None) -> dict:
     """Accuracy, balanced accuracy, macro/weighted F1, one-vs-rest AUC; for ordinal
     grades quadratic weighted kappa; with ``referable_from`` the binary view
-    "grade >= referable_from" (sensitivity, specificity, AUC)."""
+    "grade >= referable_from" (sensitivity, specificity, AUC). ``pred``: the model's decisions
+    (e.g. ordinal cut-points), argmax of ``probs`` if not given."""
     k = probs.shape[1]
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if pred is None else pred
     out = {
         "accuracy": skm.accuracy_score(y, pred),
         "balanced_accuracy": skm.balanced_accuracy_score(y, pred),

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
-from medcls.config import Config, save_config
+from medcls.config import Config, ModelConfig, save_config
 from medcls.config.checks import check_run_config
 from medcls.core.io import atomic_write_json
 from medcls.core.progress import task
@@ -34,6 +34,7 @@ from medcls.data.prepared import PreparedData, make_loader, prepare_data
 from medcls.data.split import split_digest, write_manifest
 from medcls.models import build_model
 from medcls.models.checkpoint import ModelInfo, save_checkpoint
+from medcls.models.pretrained import input_stats, load_pretrained
 from medcls.training.calibrate import fit_calibration, record_calibration
 from medcls.training.checkpointing import (
     AtomicCheckpointIO,
@@ -159,6 +160,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
         torch.set_num_threads(threads)
 
 
+def resolved_input_norm(model: ModelConfig) -> str:
+    """``model.input_norm`` with ``auto`` decided: the weights' normalisation for a pretrained network."""
+    if model.input_norm == "auto":
+        return "weights" if model.pretrained != "none" else "dataset"
+    return model.input_norm
+
+
 def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, resume_from: str | Path | None,
                         callbacks: list[pl.Callback] | None, force: bool | None) -> Path:
     tcfg = cfg.train
@@ -182,12 +190,21 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
                                               "manifest_sha256": file_sha256(run / "manifest.csv")})
 
     mean, std = data.channel_stats()
+    input_norm = resolved_input_norm(cfg.model)
     net = build_model(cfg.model.arch, data.channels, len(data.classes), cfg.data.image_size, mean, std,
-                      cfg.model.input_norm, **cfg.model.kwargs)
+                      input_norm, **cfg.model.kwargs)
+    pretrained = None
+    if cfg.model.pretrained != "none":
+        pretrained = load_pretrained(net.backbone, cfg.model.arch, cfg.model.pretrained)
+        if input_norm == "weights":
+            mean, std = input_stats(pretrained, data.channels)
+            net.mean.copy_(torch.tensor(mean).view_as(net.mean))
+            net.std.copy_(torch.tensor(std).view_as(net.std))
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     counts = np.bincount(data.labels["train"], minlength=len(data.classes)).tolist()
-    module = LitClassifier(net, len(data.classes), tcfg, cfg.augment, counts)
+    loaded = frozenset(f"backbone.{k}" for k in pretrained.loaded) if pretrained else frozenset()
+    module = LitClassifier(net, len(data.classes), tcfg, cfg.augment, counts, pretrained=loaded)
 
     sampler = _sampler(data.labels["train"], tcfg.seed) if tcfg.imbalance == "sampler" else None
     train_loader = make_loader(data, "train", cfg.data.batch_size, sampler=sampler, shuffle=True, seed=tcfg.seed)
@@ -235,11 +252,11 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
         calibration = fit_calibration(net, cfg, data)
     info = calibration.apply(ModelInfo(
         arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
-        color_mode=data.color_mode, mean=mean, std=std, tta=cfg.eval.tta, input_norm=cfg.model.input_norm,
+        color_mode=data.color_mode, mean=mean, std=std, tta=cfg.eval.tta, input_norm=input_norm,
         positive_class=data.index.positive_class, ordinal=data.index.ordinal,
         referable_from=data.index.referable_from,
         test_digest=split_digest(data.index, data.splits, "test"), test_fingerprint=fingerprint["test"],
-        config=cfg.to_dict(),
+        config=cfg.to_dict(), pretrained=pretrained,
     ))
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
