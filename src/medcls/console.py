@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -44,12 +44,14 @@ class ProgressBars:
                 self._live = None
             return
         if self._live is None:
-            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.out, transient=True)
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
+                                  TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=self.out,
+                                  transient=True)
             self._live.start()
+        count = f"{event.done}/{event.total}" if event.total is not None else ""  # not "0/?" for a spinner
         if event.key not in self._tasks:
-            self._tasks[event.key] = self._live.add_task(event.description, total=event.total)
-        self._live.update(self._tasks[event.key], completed=event.done)
+            self._tasks[event.key] = self._live.add_task(event.description, total=event.total, count=count)
+        self._live.update(self._tasks[event.key], completed=event.done, count=count)
 
 
 def show_inspection(info: dict) -> None:
