@@ -41,6 +41,7 @@ from medcls.models.checkpoint import checkpoint_summary
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.disconnect import CancelOnDisconnect
 from medcls.serving.limits import BodyLimit, UploadTooLarge
+from medcls.serving.monitoring import MetricsMiddleware, Monitor
 from medcls.serving.pool import RETRY_AFTER_S, Busy, WorkerPool
 from medcls.serving.security import Guard, SecuritySettings
 
@@ -227,8 +228,11 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
                          description=f"Image classification with model {model_id} ({', '.join(info.classes)}).")
     app.state.batcher, app.state.heavy = batcher, heavy  # their lines' lengths: for monitoring
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    monitor = Monitor(info.classes, None if predictor.ood is None else predictor.ood.flag_rate)
     app.add_middleware(CancelOnDisconnect)
-    app.add_middleware(Guard, settings=security or SecuritySettings())  # outermost: before any work
+    app.add_middleware(Guard, settings=security or SecuritySettings())  # before any work
+    app.add_middleware(MetricsMiddleware, monitor=monitor)  # outermost: 413s and refusals are counted too
+    app.include_router(monitor.router())
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(request: Request, exc: UploadTooLarge) -> JSONResponse:
@@ -240,7 +244,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "model_id": model_id}
+        return {"model_id": model_id, **monitor.health()}  # status "drift" when the OOD flag rate moved
 
     @app.get("/v1/model")
     async def model_card() -> dict:
@@ -260,6 +264,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         started = [time.perf_counter() for _ in uploads]
         rows = await batcher.submit_all(uploads)  # the first 422 fails all
         latencies = [(time.perf_counter() - t0) * 1000 for t0 in started]
+        monitor.observe(rows)
         # A response object skips FastAPI's re-validation against ``Predictions`` (built here from
         # the same fields; the schema still documents it): measurable CPU per request under load.
         return JSONResponse({"model_id": model_id, "predictions": [

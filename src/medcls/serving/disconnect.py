@@ -24,6 +24,7 @@ class CancelOnDisconnect:
             return await self.app(scope, receive, send)
         body_read = asyncio.Event()
         answered = False  # the whole answer is sent: the handler may still clean up (uploaded files)
+        started = False  # its first part is sent
 
         async def tracked_receive():
             message = await receive()
@@ -39,7 +40,8 @@ class CancelOnDisconnect:
                 pass
 
         async def tracked_send(message) -> None:
-            nonlocal answered
+            nonlocal answered, started
+            started = True
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 answered = True
@@ -56,6 +58,8 @@ class CancelOnDisconnect:
         if not handler.done() and not answered:
             handler.cancel()
             await asyncio.gather(handler, return_exceptions=True)
+            if not started:  # nginx's "client closed request", for the middleware that counts answers
+                await send({"type": "http.response.start", "status": 499, "headers": []})
             log.info("%s left before the answer to %s %s; its work was cancelled", _client(scope),
                      scope["method"], scope["path"])
             return
