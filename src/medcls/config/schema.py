@@ -56,6 +56,12 @@ class AugmentConfig:
     brightness: float = 0.1  # +/- added, on [0, 1] intensities
     contrast: float = 0.1  # +/- relative
     hflip: bool = False  # off for X-rays: anatomy is not left-right symmetric
+    # switches against shortcuts (medcls stress measures them; benchmarks/stress_switches.py compares them):
+    crop_scale: float = 1.0  # random resized crops: smallest area share kept (e.g. 0.36: down to 60% a side); 1 = off
+    crop_aspect: float = 0.0  # aspect jitter of those crops: ratio within 1/(1+a)..1+a; 0 = off
+    gamma: float = 0.0  # gamma 2**u, u within +/-gamma (exposure curve of another site); 0 = off
+    border: float = 0.0  # probability of a black border band up to 15% of the side (collimation); 0 = off
+    erase: float = 0.0  # probability of one black or white cut-out (burned-in letters, markers); 0 = off
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
 
 
@@ -171,6 +177,11 @@ _RANGES = {
     ("augment", "brightness"): (0.0, 1.0),
     ("augment", "contrast"): (0.0, 1.0),
     ("augment", "mixup"): (0.0, 10.0),
+    ("augment", "crop_scale"): (0.05, 1.0),
+    ("augment", "crop_aspect"): (0.0, 2.0),
+    ("augment", "gamma"): (0.0, 2.0),
+    ("augment", "border"): (0.0, 1.0),
+    ("augment", "erase"): (0.0, 1.0),
 }
 
 
