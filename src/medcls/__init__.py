@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; loaded on first use bel
         resume,
         run,
         serve,
+        stress,
         train,
     )
     from medcls.inference.predictor import Predictor
@@ -48,5 +49,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "recalibrate",
-           "evaluate", "predict", "explain", "report", "compare", "export", "serve", "run"]
+           "evaluate", "stress", "predict", "explain", "report", "compare", "export", "serve", "run"]
 _API = frozenset(__all__) - {"Config", "load_config", "Predictor", "__version__"}  # the functions of medcls.api

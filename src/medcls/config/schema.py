@@ -120,6 +120,9 @@ class EvalConfig:
     ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
     # fit the OOD Gaussians on augmented copies of the training images too (the training augmentation)
     ood_augmented: bool = False
+    # stress validation (medcls.stress) in `medcls evaluate`: the validation split replayed under perturbations
+    stress: bool = True
+    stress_limit: Optional[int] = 32  # validation images per class (seeded subset; None: all) for evaluate and stress
 
 
 @dataclass
@@ -171,6 +174,7 @@ _RANGES = {
     ("eval", "target_sensitivity"): (0.0, 1.0),
     ("eval", "fixed_threshold"): (0.0, 1.0),
     ("eval", "ood_flag_rate"): (0.001, 0.5),
+    ("eval", "stress_limit"): (1, 1 << 40),
     ("augment", "zoom"): (0.0, 0.9),
     ("augment", "shift"): (0.0, 0.9),
     ("augment", "rotation"): (0.0, 180.0),

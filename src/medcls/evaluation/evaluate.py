@@ -3,6 +3,7 @@ confidence intervals, calibration, predictions table and plots, in one folder.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -26,19 +27,22 @@ from medcls.metrics.classification import bootstrap_ci, per_class_table
 from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import logits_to_probs
 from medcls.ood.evaluation import evaluate_ood
+from medcls.stress.run import images_per_class, stress_split
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
-                   bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()
-                   ) -> EvaluationResult:
+                   bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = (),
+                   stress: bool | None = None, stress_limit: int | None = None) -> EvaluationResult:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
 
     Writes ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir`` (default:
     the run folder) and returns the result (:func:`medcls.api.evaluate` adds the report). ``ood``: folders
     of foreign images, reported with the fraction flagged out-of-distribution and the
-    OOD AUROC against the test split. ``quiet``: no progress bars.
+    OOD AUROC against the test split. ``stress``: also replay the validation split under the
+    perturbations of :mod:`medcls.stress` (``stress_limit`` images per class; None for either:
+    the run's ``eval.stress`` / ``eval.stress_limit``; 0: all). ``quiet``: no progress bars.
     """
     ckpt, run = resolve_checkpoint(target)
     net, info = load_checkpoint(ckpt)
@@ -83,5 +87,8 @@ def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_
     plots.plot_pr(y, probs, info.classes, out / "pr.png")
     plots.plot_reliability(y, probs, out / "reliability.png")
     plots.plot_training_curves(run / "metrics.csv", out / "training_curves.png")
+    if cfg.eval.stress if stress is None else stress:
+        limit = images_per_class(cfg.eval.stress_limit, stress_limit)
+        result = dataclasses.replace(result, stress=stress_split(predictor, data, out, limit, quiet=quiet))
     atomic_write_json(out / "metrics.json", result.to_dict())
     return result

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from medcls.config import config_from_dict
 from medcls.data.fingerprint import split_fingerprint
 from medcls.data.prepared import PreparedData, prepare_data
