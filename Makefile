@@ -37,7 +37,7 @@ clean:
 # Reproduces the model shipped in src/medcls/assets (see MODEL_CARD.md): train,
 # evaluate once on the test split, copy the checkpoint in, write the card's figures.
 ship-model: $(VENV)/.installed
-	$(VENV)/bin/medcls train -c configs/pneumonia-compact.yaml --data $(DATA) --run-dir runs/shipped
+	$(VENV)/bin/medcls train -c configs/pneumonia-compact.yaml --data $(DATA) --run-dir runs/shipped --force
 	$(VENV)/bin/medcls evaluate runs/shipped
 	cp runs/shipped/model.pt src/medcls/assets/pneumonia.pt
 	$(VENV)/bin/python benchmarks/shipped_card.py runs/shipped

@@ -220,3 +220,25 @@ def test_five_class_run_beats_chance_end_to_end(fundus_run, tmp_path):
     columns = ["path", "prediction"] + [f"p_{g}" for g in RETINOPATHY_GRADES] + ["ood_score", "in_distribution"]
     assert list(rows[0]) == columns
     assert all(abs(sum(float(r[f"p_{g}"]) for g in RETINOPATHY_GRADES) - 1) < 1e-4 for r in rows)
+
+
+def test_cutpoint_decision_is_fitted_on_validation_and_used_everywhere(fundus_run, tmp_path):
+    """``recalibrate --ordinal-decision cutpoints``: the cut-points go into the checkpoint, and
+    evaluation and prediction decide with them (the predicted grade is the cut expected grade)."""
+    import shutil
+
+    from medcls.api import evaluate, recalibrate
+    from medcls.metrics.ordinal import grade_decision
+    from medcls.models.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(fundus_run, run)
+    cal = recalibrate(run, ordinal_decision="cutpoints", quiet=True)
+    info = load_checkpoint(run / "model.pt")[1]
+    assert info.cutpoints == cal.cutpoints and len(cal.cutpoints) == 4 and cal.cutpoints == sorted(cal.cutpoints)
+    assert info.threshold_rule == "cutpoints" and "maximising validation QWK" in cal.threshold_reason
+    evaluate(run, out_dir=tmp_path / "eval", quiet=True, report=False)
+    rows = list(csv.DictReader((tmp_path / "eval" / "predictions.csv").open()))
+    probs = np.array([[float(r[f"p_{g}"]) for g in RETINOPATHY_GRADES] for r in rows])
+    expected = [RETINOPATHY_GRADES[k] for k in grade_decision(probs, info.cutpoints)]
+    assert [r["prediction"] for r in rows] == expected

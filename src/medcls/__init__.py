@@ -4,7 +4,7 @@ The public Python API mirrors the command line, one function per command
 (:mod:`medcls.api`)::
 
     import medcls
-    cfg = medcls.load_config("configs/pneumonia-quick.yaml", ["train.epochs=2"])
+    cfg = medcls.load_config("pneumonia-quick", ["train.epochs=2"])  # a shipped preset, by name
     run = medcls.train(cfg)
     metrics = medcls.evaluate(run)
     rows, errors = medcls.predict(["xray.jpeg"], model=run)

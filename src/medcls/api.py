@@ -20,27 +20,30 @@ if TYPE_CHECKING:
     from medcls.training.calibrate import Calibration
 
 
-def inspect(data: str | Path, dataset: str = "pneumonia", out: str | Path | None = "runs/inspect",
+def inspect(data: str | Path, dataset: str | None = None, out: str | Path | None = "runs/inspect",
             audit: Optional[bool] = None, quiet: bool = False) -> dict:
-    """Sizes, colour modes, counts, imbalance and a sample grid of a data set, written to ``out``."""
+    """Sizes, colour modes, counts, imbalance and a sample grid of a data set, written to ``out``
+    (``dataset`` None: the registered one its layout fits)."""
     from medcls.data.inspect import inspect_data
 
     return inspect_data(data, dataset, out, quiet=quiet, audit=audit)
 
 
-def audit(data: str | Path, dataset: str = "class-folders", out: str | Path | None = "runs/audit",
+def audit(data: str | Path, dataset: str | None = None, out: str | Path | None = "runs/audit",
           max_distance: Optional[int] = None, quiet: bool = False) -> Audit:
-    """Exact and near duplicates and label conflicts of a data set (``audit.csv``, ``audit.json`` in ``out``)."""
+    """Exact and near duplicates and label conflicts of a data set (``audit.csv``, ``audit.json`` in ``out``;
+    ``dataset`` None: the registered one its layout fits)."""
     from medcls.data.audit import audit_dataset
 
     return audit_dataset(data, dataset, out, max_distance=max_distance, quiet=quiet)
 
 
-def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> Path:
-    """Train a model as ``cfg`` says (then calibrate it on validation); returns the run folder."""
+def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False, force: bool = False) -> Path:
+    """Train a model as ``cfg`` says (then calibrate it on validation); returns the run folder
+    (``run_dir``, which must be empty unless ``force``, or a new one)."""
     from medcls.training.train import train as fit
 
-    return fit(cfg, run_dir, quiet=quiet)
+    return fit(cfg, run_dir, quiet=quiet, force=force)
 
 
 def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = False) -> Path:
@@ -51,12 +54,14 @@ def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = F
 
 
 def recalibrate(run: str | Path, data_root: str | Path | None = None, threshold_rule: Optional[str] = None,
-                target_sensitivity: Optional[float] = None, quiet: bool = False) -> Calibration:
-    """Refit a finished run's temperature, threshold and OOD detector on its validation split, without
-    retraining (optionally with another threshold rule); rewrites its ``model.pt``."""
+                target_sensitivity: Optional[float] = None, quiet: bool = False,
+                ordinal_decision: Optional[str] = None) -> Calibration:
+    """Refit a finished run's temperature, threshold (or ordinal cut-points) and OOD detector on its
+    validation split, without retraining (optionally with another rule); rewrites its ``model.pt``."""
     from medcls.training.calibrate import calibrate_run
 
-    return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet)
+    return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet,
+                         ordinal_decision=ordinal_decision)
 
 
 def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
@@ -70,6 +75,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     import dataclasses
 
     from medcls.core.io import atomic_write_json
+    from medcls.core.progress import task
     from medcls.evaluation.evaluate import evaluate_model, resolve_checkpoint
     from medcls.reporting.report import write_report
 
@@ -77,7 +83,8 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     if report:
         run = resolve_checkpoint(target)[1]
         out = Path(out_dir) if out_dir else run
-        shortcut = write_report(run, out, result.to_dict())["shortcut_check"]
+        with task("writing report.html (heat maps, shortcut check)", enabled=not quiet):
+            shortcut = write_report(run, out, result.to_dict())["shortcut_check"]
         result = dataclasses.replace(result, shortcut_check=shortcut)
         atomic_write_json(out / "metrics.json", result.to_dict())
     return result
@@ -102,7 +109,8 @@ def predict(paths: Iterable[str | Path], model: str | Path | None = None, out: s
 
 def explain(paths: Sequence[str | Path], model: str | Path | None, out_dir: str | Path, method: str = "gradcam++",
             layer: Optional[str] = None) -> list[Path]:
-    """A heat-map overlay PNG per image in ``out_dir``; returns the files written."""
+    """A heat-map overlay PNG per image in ``out_dir`` (``model`` None: the shipped one; a ``.pt``
+    checkpoint or run folder, not ONNX); returns the files written."""
     from medcls.explain.gradcam import explain_files
 
     return explain_files(paths, model, out_dir, method, layer)
@@ -137,14 +145,18 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     run_server(model, host, port, settings, compile=compile)
 
 
-def run(cfg: Config, quiet: bool = False) -> tuple[Path, EvaluationResult]:
-    """The main job: inspect -> train -> evaluate once on test (with report), in one run folder;
-    returns (run folder, evaluation result)."""
+def run(cfg: Config, quiet: bool = False, run_dir: str | Path | None = None,
+        force: bool = False) -> tuple[Path, EvaluationResult]:
+    """The main job: inspect -> train -> evaluate once on test (with report), in one run folder
+    (``run_dir``, which must be empty unless ``force``, or a new one); returns (run folder, evaluation result)."""
     from medcls.config.checks import check_run_config
-    from medcls.training.train import new_run_dir
+    from medcls.data.prepared import require_data_root
+    from medcls.training.run_dir import claim_run_dir, new_run_dir
+    from medcls.training.train import train as fit
 
     check_run_config(cfg)  # before the run folder and the inspection exist
-    folder = new_run_dir(cfg)
+    require_data_root(cfg.data)
+    folder = claim_run_dir(run_dir, force) if run_dir else new_run_dir(cfg)
     inspect(cfg.data.root, cfg.data.dataset, folder / "inspection", quiet=quiet)
-    train(cfg, folder, quiet=quiet)
+    fit(cfg, folder, quiet=quiet, force=None)  # claimed above: it holds this job's inspection
     return folder, evaluate(folder, quiet=quiet)

@@ -13,6 +13,8 @@ EXIT_USER_ERROR = 2
 COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights where the CPU has bf16 "
                 "(measured 1.2-3x ONNX Runtime's images/s on a bf16 CPU; compiling takes seconds)")
 
+DATASET_HELP = "registered data set name (default: the one the folder's class folders fit)"
+
 
 def _config(args):
     from medcls.config import load_config
@@ -23,6 +25,13 @@ def _config(args):
     if getattr(args, "dataset", None):
         overrides.append(f"data.dataset={args.dataset}")
     return load_config(args.config, overrides)
+
+
+def _print_config(cfg) -> int:
+    from medcls.config.keys import config_yaml
+
+    print(config_yaml(cfg), end="")
+    return 0
 
 
 def _tune_process(reuse_memory: bool = True) -> None:
@@ -65,8 +74,10 @@ def cmd_train(args) -> int:
         run = resume(args.resume, data_root=args.data)
     else:
         cfg = _config(args)
+        if args.print_config:
+            return _print_config(cfg)
         _tune_process(cfg.train.reuse_memory)
-        run = train(cfg, run_dir=args.run_dir)
+        run = train(cfg, run_dir=args.run_dir, force=args.force)
     print(f"run folder: {run}  (model: {run / 'model.pt'})")
     return 0
 
@@ -76,7 +87,7 @@ def cmd_recalibrate(args) -> int:
 
     _tune_process()
     cal = recalibrate(args.run, data_root=args.data, threshold_rule=args.threshold_rule,
-                      target_sensitivity=args.target_sensitivity)
+                      target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision)
     print(f"recalibrated {args.run}/model.pt on {cal.n_val} validation images: {cal.threshold_reason}; "
           f"temperature {cal.temperature:.3f}")
     return 0
@@ -105,45 +116,18 @@ def cmd_stress(args) -> int:
     return 0
 
 
-def _prediction_cells(row: dict) -> list:
-    """A table row; an out-of-distribution image keeps its probabilities, marked untrusted in red."""
-    from rich.text import Text
-
-    foreign = row.get("in_distribution") is False
-    cells = []
-    for key, value in row.items():
-        if key == "in_distribution":
-            text = "-" if value is None else "yes" if value else "NO"
-        else:
-            text = f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
-        if foreign and (key == "prediction" or key.startswith("p_")):
-            text += " (untrusted)"
-        cells.append(Text(text, style="bold red" if foreign and key != "path" else ""))
-    return cells
-
-
 def cmd_predict(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     from medcls.api import explain, predict
+    from medcls.console import show_predictions
+    from medcls.explain.gradcam import explainable_model
 
     _tune_process()
+    if args.explain:
+        explainable_model(args.model)  # an ONNX model fails here, before the predictions, not after
     predictions, errors = predict(args.paths, args.model, args.out, compile=args.compile)
     rows = [p.row() for p in predictions]
-    console = Console()
     if rows:
-        table = Table()
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("path", "prediction") else "right")
-        for row in rows:
-            table.add_row(*_prediction_cells(row))
-        console.print(table)
-        foreign = sum(row.get("in_distribution") is False for row in rows)
-        if foreign:
-            console.print(Text(f"WARNING: {foreign} image(s) do not look like this model's training data "
-                               "(in_distribution NO): their predictions are untrusted.", style="bold red"))
+        show_predictions(rows)
     for name, reason in errors.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if args.out:
@@ -155,20 +139,13 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from medcls.api import compare
+    from medcls.console import show_comparison
     from medcls.core.io import atomic_write_text
-    from medcls.evaluation.compare import format_value, markdown_table
+    from medcls.evaluation.compare import markdown_table
 
     rows = compare(args.runs)
-    table = Table()
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("run", "arch") else "right")
-    for row in rows:
-        table.add_row(*(format_value(v) for v in row.values()))
-    Console().print(table)
+    show_comparison(rows)
     if args.markdown:
         atomic_write_text(args.markdown, markdown_table(rows))
     return 0
@@ -207,15 +184,17 @@ def cmd_run(args) -> int:
     from medcls.console import show_evaluation
 
     cfg = _config(args)
+    if args.print_config:
+        return _print_config(cfg)
     _tune_process(cfg.train.reuse_memory)
-    run, result = run_job(cfg)
+    run, result = run_job(cfg, run_dir=args.run_dir, force=args.force)
     show_evaluation(result)
     m = result.metrics
     print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"run folder: {run}")
     if cfg.data.image_size < 224:
         print("for the full faithful recipe (224 px grayscale seed CNN): "
-              "medcls run --config configs/pneumonia-seed-cnn.yaml")
+              "medcls run -c pneumonia-seed-cnn")
     return 0
 
 
@@ -230,18 +209,28 @@ def add_cam_options(p, layer: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcls", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medcls {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also show Lightning's messages (hardware, model summary) and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
-        p.add_argument("--config", "-c", help="YAML preset (see configs/)")
+        p.add_argument("--config", "-c", help="YAML file or shipped preset name (e.g. pneumonia-compact; "
+                                              "list: medcls train --print-config)")
         p.add_argument("--data", help="data folder (overrides data.root; default $MEDCLS_DATA)")
         p.add_argument("--dataset", help="registered data set name (overrides data.dataset)")
         p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=3 (repeatable)")
 
+    def with_run_folder(p):  # train and run
+        p.add_argument("--print-config", action="store_true",
+                       help="print every config key (its value here, default and allowed values) as YAML and exit")
+        p.add_argument("--run-dir", help="run folder, which must be empty (default: OUTPUT_DIR/NAME-TIMESTAMP); "
+                                         "give every rank the same one under torchrun or SLURM")
+        p.add_argument("--force", action="store_true", help="train into a --run-dir that holds an earlier run's files")
+
     p = sub.add_parser("inspect", help="sizes, modes, counts, imbalance and a sample grid of a data set")
     p.add_argument("data", help="data folder")
-    p.add_argument("--dataset", default="pneumonia", help="registered data set name")
+    p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--out", help="output folder (default runs/inspect)")
     p.add_argument("--audit", action=argparse.BooleanOptionalAction,
                    help="summarise the duplicate audit (default: the data set's default)")
@@ -249,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="exact and near duplicates and label conflicts of a data set")
     p.add_argument("data", help="data folder")
-    p.add_argument("--dataset", default="class-folders", help="registered data set name")
+    p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--out", help="output folder for audit.csv and audit.json (default runs/audit)")
     p.add_argument("--max-distance", type=int,
                    help="near duplicates: largest phash Hamming distance, of 256 bits (default: the calibrated one)")
@@ -257,8 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; prints the run folder")
     with_config(p)
-    p.add_argument("--run-dir", help="run folder (default: OUTPUT_DIR/NAME-TIMESTAMP); give every rank the same "
-                                     "one under torchrun or SLURM")
+    with_run_folder(p)
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted run RUN from its last checkpoint")
     p.set_defaults(fn=cmd_train)
 
@@ -269,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-rule", choices=["youden", "sensitivity", "f1", "fixed"],
                    help="operating-point rule (default: the run's eval.threshold_rule)")
     p.add_argument("--target-sensitivity", type=float, help="for --threshold-rule sensitivity")
+    p.add_argument("--ordinal-decision", choices=["argmax", "cutpoints"],
+                   help="graded models: argmax, or cut-points on the expected grade fitted for QWK")
     p.set_defaults(fn=cmd_recalibrate)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")
@@ -334,12 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: inspect, train, evaluate, save")
     with_config(p)
+    with_run_folder(p)
     p.set_defaults(fn=cmd_run)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                             help="also show Lightning's messages and debug logs")
     return parser
 
 
-def _show_logs() -> None:
-    """The library logs through :mod:`logging`; the command line shows its messages with rich."""
+# Lightning's INFO messages: hardware availability, a logger advertisement, the model summary (with
+# "Total FLOPs: 0" on CPU); its warnings still show.
+LIGHTNING_NOISE = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                   "lightning.pytorch.callbacks.model_summary", "lightning.pytorch.accelerators.cuda")
+
+
+def _show_logs(verbose: bool = False) -> None:
+    """The library logs through :mod:`logging`; the command line shows its messages with rich
+    (debug ones with ``verbose``) and Lightning's chatter only with ``verbose``."""
     import logging
 
     from rich.logging import RichHandler
@@ -349,17 +350,23 @@ def _show_logs() -> None:
     logger = logging.getLogger("medcls")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=console, show_time=False, show_path=False, markup=False))
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in LIGHTNING_NOISE:  # set before Lightning is imported: it only sets its top logger's level
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _show_logs()
+    _show_logs(args.verbose)
+    from medcls.console import ProgressBars, console
     from medcls.core.io import DISK_FULL
+    from medcls.core.progress import reporting
     from medcls.errors import USER_ERRORS
 
     try:
-        return args.fn(args)
+        # Long work shows bars on a terminal; the web service's requests are short, its log the server's.
+        with reporting(ProgressBars() if args.command != "serve" and console.is_terminal else None):
+            return args.fn(args)
     except USER_ERRORS as exc:
         print(f"medcls {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

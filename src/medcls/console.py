@@ -3,16 +3,50 @@ the library returns records and logs; only entry points write to the terminal.""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
+import os
+from typing import Sequence
 
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from medcls.core.progress import ProgressEvent
 from medcls.data.audit import HASH_SIZE, AuditSummary
+from medcls.evaluation.compare import column_label, format_value
 from medcls.evaluation.result import EvaluationResult
 from medcls.evaluation.verdict import verdict
 from medcls.metrics.classification import metric_name
 from medcls.stress.result import StressResult
 
 console = Console(stderr=True)
+
+
+class ProgressBars:
+    """Renders :class:`~medcls.core.progress.ProgressEvent` s as transient rich bars on stderr, one line
+    per running task (a spinner where the amount of work is unknown); install it with
+    ``medcls.core.progress.reporting(ProgressBars())``."""
+
+    def __init__(self, out: Console = console):
+        self.out, self._live, self._tasks = out, None, {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.finished:
+            if event.key in self._tasks:
+                self._live.remove_task(self._tasks.pop(event.key))
+            if not self._tasks and self._live is not None:
+                self._live.stop()  # before anything else draws (Lightning's bar): one live display at a time
+                self._live = None
+            return
+        if self._live is None:
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.out, transient=True)
+            self._live.start()
+        if event.key not in self._tasks:
+            self._tasks[event.key] = self._live.add_task(event.description, total=event.total)
+        self._live.update(self._tasks[event.key], completed=event.done)
 
 
 def show_inspection(info: dict) -> None:
@@ -85,6 +119,93 @@ def show_ood(ood: dict) -> None:
         table.caption = (f"test accuracy: {accuracy['in_distribution']:.1%} of unflagged images, "
                          f"{accuracy['flagged']:.1%} of flagged ones")
     console.print(table)
+
+
+def middle_ellipsis(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` characters: both ends of a path are what tells files apart."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
+
+
+def short_paths(paths: Sequence[str], width: int = 36) -> tuple[str, list[str]]:
+    """(the folder the paths share, each path relative to it, middle-cut to ``width``)."""
+    folders = [os.path.dirname(p) for p in paths]
+    common = os.path.commonpath(folders) if folders and all(os.path.isabs(f) == os.path.isabs(folders[0])
+                                                            for f in folders) else ""
+    return common, [middle_ellipsis(os.path.relpath(p, common) if common else p, width) for p in paths]
+
+
+def _longest_word(texts: Sequence[str]) -> int:
+    return max(len(word) for t in texts for word in t.split())
+
+
+def show_predictions(rows: Sequence[dict], out: Console | None = None) -> None:
+    """The prediction table at the terminal's width: paths relative to the folder they share, one
+    column per class named by it (a name wraps, never cut), an out-of-distribution image's row in red
+    and marked untrusted; the OOD score column only where there is room (the --out file has it)."""
+    out = out or Console()
+    classes = [k[2:] for k in rows[0] if k.startswith("p_")]
+    foreign = sum(row.get("in_distribution") is False for row in rows)
+    has_ood = any(r.get("ood_score") is not None for r in rows)
+    prediction_width = _longest_word(classes + ["prediction"] + ["(untrusted)"] * bool(foreign))
+    widths = [prediction_width, *(max(5, _longest_word([c])) for c in classes)] + [5, 5][:2 * has_ood]
+    gap = 2  # a blank divider and one space of padding between columns (collapsed padding, no edges)
+    folder, names = short_paths([r["path"] for r in rows], width=1 << 16)
+    wanted = max(16, min(40, max(len(n) for n in names)))  # the image column's width if there is room
+    with_score = has_ood and out.width - sum(widths) - gap * len(widths) >= wanted
+    if has_ood and not with_score:
+        widths.pop(-2)
+    image_width = max(12, out.width - sum(widths) - gap * len(widths))
+    names = [middle_ellipsis(n, 2 * image_width - 1) for n in names]  # at most two lines
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  title=f"images in {folder}/" if folder else None, title_justify="left")
+    # fixed widths: rich would otherwise widen the headers and squeeze the last columns out
+    table.add_column("image", overflow="fold", width=image_width)
+    table.add_column("prediction", width=prediction_width)
+    for c, width in zip(classes, widths[1:]):
+        table.add_column(c, justify="right", width=width)  # a multi-word name wraps onto two header lines
+    if with_score:
+        table.add_column("OOD score", justify="right", width=5)
+    if has_ood:
+        table.add_column("in dist.", justify="right", width=5)
+    for name, row in zip(names, rows):
+        untrusted = row.get("in_distribution") is False
+        cells = [name, row["prediction"] + (" (untrusted)" if untrusted else ""),
+                 *(f"{row[f'p_{c}']:.3f}" for c in classes)]
+        if with_score:
+            cells.append("-" if row.get("ood_score") is None else f"{row['ood_score']:.3f}")
+        if has_ood:
+            flag = row.get("in_distribution")
+            cells.append("-" if flag is None else "yes" if flag else "NO")
+        table.add_row(*(Text(c) for c in cells), style="bold red" if untrusted else None)
+    out.print(table)
+    if foreign:
+        out.print(Text(f"WARNING: {foreign} image(s) do not look like this model's training data "
+                       "(in dist. NO): their predictions are untrusted.", style="bold red"))
+
+
+def show_comparison(rows: Sequence[dict], out: Console | None = None) -> None:
+    """Runs side by side (the columns some run has); when they do not fit the terminal's width,
+    one column per run instead, so that no run name or number is cut."""
+    out = out or Console()
+    cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+    wide = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in cols:
+        wide.add_column(column_label(col), justify="left" if col in ("run", "arch", "device") else "right", no_wrap=True)
+    for row in rows:
+        wide.add_row(*(format_value(row[c], c) for c in cols))
+    if Measurement.get(out, out.options.update(max_width=1 << 16), wide).maximum <= out.width:
+        out.print(wide)
+        return
+    tall = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    tall.add_column("")
+    for row in rows:
+        tall.add_column(str(row["run"]), justify="right", overflow="fold")
+    for col in cols[1:]:
+        tall.add_row(column_label(col), *(format_value(row[col], col) for row in rows))
+    out.print(tall)
 
 
 def show_stress(result: StressResult) -> None:

@@ -13,9 +13,10 @@ from medcls.config.schema import (
                                   default_data_root,
                                   load_config,
                                   parse_override,
+                                  preset_names,
                                   save_config,
                                   validate,
 )
 
 __all__ = ["AugmentConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig",
-           "config_from_dict", "default_data_root", "load_config", "parse_override", "save_config", "validate"]
+           "config_from_dict", "default_data_root", "load_config", "parse_override", "preset_names", "save_config", "validate"]

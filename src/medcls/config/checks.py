@@ -21,6 +21,7 @@ from medcls.core.messages import first_line
 from medcls.core.registry import Registry
 from medcls.data.datasets import DATASETS
 from medcls.models import ARCHS, build_model
+from medcls.models.pretrained import PretrainedWeightsError, resolve_source
 
 # The metrics LitClassifier logs each epoch (what train.monitor may name).
 MONITORS = ("val_auc", "val_loss", "val_acc", "val_qwk", "train_loss", "train_acc")  # val_qwk: multi-class only
@@ -33,6 +34,7 @@ def check_run_config(cfg: Config) -> Config:
     _check_name("data.dataset", cfg.data.dataset, DATASETS)
     _check_name("model.arch", cfg.model.arch, ARCHS)
     _check_arch_args(cfg)
+    _check_pretrained(cfg)
     _check_monitor(cfg)
     _check_hardware(cfg)
     return cfg
@@ -64,6 +66,18 @@ def _check_arch_args(cfg: Config) -> None:
                           f"with image_size={cfg.data.image_size}, kwargs={kwargs}: {first_line(exc)}") from None
     except Exception:  # noqa: BLE001
         pass  # it needs real tensors to build (e.g. computes its layout with them); names were checked above
+
+
+def _check_pretrained(cfg: Config) -> None:
+    """A missing weights package or file fails here, before any data is read."""
+    if cfg.model.pretrained == "none":
+        if cfg.model.input_norm == "weights":
+            raise ConfigError("config key 'model.input_norm': 'weights' needs model.pretrained (imagenet or a file)")
+        return
+    try:
+        resolve_source(cfg.model.arch, cfg.model.pretrained)
+    except PretrainedWeightsError as exc:
+        raise ConfigError(f"config key 'model.pretrained': {exc}") from None
 
 
 def _check_monitor(cfg: Config) -> None:

@@ -1,5 +1,6 @@
 """Typed run configuration: dataclasses with the one set of defaults, loaded from
-YAML presets under ``configs/`` and overridable with ``section.key=value`` strings.
+YAML presets (files, or by name from the package's ``medcls/configs/``) and
+overridable with ``section.key=value`` strings.
 
 Every key is checked before any work starts: unknown keys, wrong types and
 impossible values raise :class:`ConfigError` naming the key.
@@ -8,7 +9,6 @@ impossible values raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,16 +17,32 @@ from typing import Any, Optional
 
 import yaml
 
-from medcls.core.paths import default_cache_dir
+from medcls.core.paths import default_cache_dir, default_data_root
 
 
 class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type or out of range."""
 
 
-def default_data_root() -> str:
-    """The chest X-ray data: ``$MEDCLS_DATA`` if set, else ``../shared/data/chest_xray``."""
-    return os.environ.get("MEDCLS_DATA", "../shared/data/chest_xray")
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped with the package (package-data)
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package, loadable by name (``load_config("pneumonia-quick")``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A YAML file: ``path`` itself if it is a file, else the shipped preset of that name (with or
+    without ``.yaml``); raises :class:`ConfigError` listing the presets when it is neither."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        shipped = PRESETS_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"config file not found: {path} (a file, or a preset name: {', '.join(preset_names())})")
 
 
 @dataclass
@@ -70,8 +86,11 @@ class ModelConfig:
     arch: str = "seed-cnn"
     kwargs: dict = field(default_factory=dict)
     # dataset: subtract the training set's mean, divide by its std; per-image: each image by its own
-    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites)
-    input_norm: str = "dataset"
+    # (inside the network, so export and serving inherit it; undoes exposure and contrast shifts between sites);
+    # weights: the pretrained weights' own; auto: weights when model.pretrained is set, dataset otherwise
+    input_norm: str = "auto"
+    # none | imagenet (the weights registered for the architecture, medcls.models.pretrained) | a weights file
+    pretrained: str = "none"
 
 
 @dataclass
@@ -98,6 +117,9 @@ class TrainConfig:
     # first 3x3 convolution with them (its output never stored; float32 weight gradient)
     fuse_relu_maxpool: bool = True
     fuse_first_conv: bool = True
+    head_warmup_epochs: int = 0  # fine-tuning: first epochs train only the fresh head (pretrained tensors frozen)
+    backbone_lr_scale: float = 1.0  # fine-tuning: learning rate of the pretrained tensors relative to train.lr
+    no_decay_norm_bias: bool = False  # no weight decay on norms and biases (the 1-D tensors)
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice
@@ -113,6 +135,8 @@ class EvalConfig:
     threshold_rule: str = "youden"  # youden | sensitivity | f1 | fixed
     target_sensitivity: float = 0.95  # for threshold_rule=sensitivity
     fixed_threshold: float = 0.5
+    # ordinal grades: argmax, or cut-points on the expected grade fitted on validation for QWK
+    ordinal_decision: str = "argmax"
     calibrate: bool = True  # temperature scaling on validation
     bootstrap: int = 1000  # bootstrap draws for confidence intervals (0 = off)
     tta: bool = False  # test-time augmentation (small zooms and shifts), also used for val decisions
@@ -141,13 +165,14 @@ class Config:
 
 _CHOICES = {
     ("data", "color_mode"): {None, "grayscale", "rgb"},
-    ("model", "input_norm"): {"dataset", "per-image"},
+    ("model", "input_norm"): {"auto", "dataset", "weights", "per-image"},
     ("train", "optimizer"): {"adam", "adamw", "sgd"},
     ("train", "loss"): {"auto", "bce", "ce"},
     ("train", "imbalance"): {"class_weights", "sampler", "none"},
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
+    ("eval", "ordinal_decision"): {"argmax", "cutpoints"},
     ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit"},
 }
 
@@ -165,6 +190,8 @@ _RANGES = {
     ("train", "seed"): (0, 2**32 - 1),  # outside it Lightning silently picks a random seed
     ("train", "weight_decay"): (0.0, 1.0),
     ("train", "warmup_epochs"): (0, 100000),
+    ("train", "head_warmup_epochs"): (0, 100000),
+    ("train", "backbone_lr_scale"): (0.0, 100.0),
     ("train", "lr_factor"): (0.0, 0.999),
     ("train", "lr_patience"): (0, 100000),
     ("train", "early_stopping_patience"): (0, 100000),
@@ -272,12 +299,11 @@ def _merge(base: dict, path: list[str], value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML preset (or the defaults) and apply ``section.key=value`` overrides."""
+    """Load a YAML file or a shipped preset by name (e.g. ``"pneumonia-quick"``; None: the defaults)
+    and apply ``section.key=value`` overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_preset(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -32,11 +32,11 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image
-from rich.progress import Progress
 
 from medcls.core.figures import save_png, subplots
 from medcls.core.io import atomic_write_json, atomic_write_text
 from medcls.core.paths import default_cache_dir
+from medcls.core.progress import track
 from medcls.data.cache import cache_key
 from medcls.data.datasets import DatasetIndex, load_index
 from medcls.data.images import ImageLoadError, load_image
@@ -130,13 +130,12 @@ def image_hashes(paths: list[Path], cache_dir: str | Path | None = None, workers
             pass  # damaged: recompute
     workers = workers or os.cpu_count() or 1
     jobs = [str(p) for p in paths]
-    with Progress(disable=quiet, transient=True) as progress:
-        task = progress.add_task(f"hashing {len(paths)} images", total=len(paths))
-        if workers > 1 and len(paths) > 64:
-            with ProcessPoolExecutor(workers) as pool:
-                results = list(progress.track(pool.map(_hash_file, jobs, chunksize=32), task_id=task))
-        else:
-            results = list(progress.track(map(_hash_file, jobs), task_id=task))
+    description = f"hashing {len(paths)} images"
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(track(pool.map(_hash_file, jobs, chunksize=32), description, len(paths), not quiet))
+    else:
+        results = list(track(map(_hash_file, jobs), description, len(paths), not quiet))
     out = {"version": AUDIT_VERSION, "sha": [r[0] for r in results], "phash": [r[1] for r in results],
            "errors": {p: r[2] for p, r in zip(jobs, results) if r[2] is not None}}
     atomic_write_json(target, out)
@@ -226,7 +225,7 @@ def audit_csv(audit: Audit) -> str:
     return buf.getvalue()
 
 
-def audit_dataset(root: str | Path, dataset: str = "class-folders", out_dir: str | Path | None = None,
+def audit_dataset(root: str | Path, dataset: str | None = None, out_dir: str | Path | None = None,
                   cache_dir: str | Path | None = None, workers: int = 0, quiet: bool = False,
                   max_distance: int | None = None) -> Audit:
     """Audit the data set at ``root``; with ``out_dir`` write ``audit.csv`` (the groups)

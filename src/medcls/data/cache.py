@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 from medcls.core.io import atomic_path, atomic_write_json, reserve_space
+from medcls.core.progress import task
 from medcls.data.images import ImageLoadError, channels, load_image
 
 CACHE_VERSION = 1
@@ -80,14 +80,13 @@ def build_cache(
     with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
         reserve_space(tmp, tmp.stat().st_size)
-        with Progress(disable=quiet, transient=True) as progress:
-            task = progress.add_task(f"decoding {len(paths)} images to {image_size}px {color_mode}", total=len(paths))
+        with task(f"decoding {len(paths)} images to {image_size} px {color_mode}", len(paths), not quiet) as advance:
             if workers > 1 and len(paths) > 64:
                 with ProcessPoolExecutor(workers) as pool:
                     results = pool.map(_decode, jobs, chunksize=32)
-                    _fill(out, ok, errors, paths, results, progress, task)
+                    _fill(out, ok, errors, paths, results, advance)
             else:
-                _fill(out, ok, errors, paths, map(_decode, jobs), progress, task)
+                _fill(out, ok, errors, paths, map(_decode, jobs), advance)
         out.flush()
         del out
     # The JSON is written last: its presence marks a complete cache.
@@ -96,11 +95,11 @@ def build_cache(
     return ImageCache(np.load(npy, mmap_mode="r"), ok, errors, npy)
 
 
-def _fill(out, ok, errors, paths, results, progress, task) -> None:
+def _fill(out, ok, errors, paths, results, advance) -> None:
     for i, (arr, err) in enumerate(results):
         if err is None:
             out[i] = arr
             ok[i] = True
         else:
             errors[str(paths[i])] = err
-        progress.advance(task)
+        advance()

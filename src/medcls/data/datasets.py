@@ -8,6 +8,7 @@ only; the project makes the splits).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from medcls.core.registry import Registry
 from medcls.data.images import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
+GENERIC = "class-folders"  # fits any class-folder layout: the fallback of detect_dataset
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -154,7 +157,7 @@ def pneumonia(root: Path) -> DatasetIndex:
     )
 
 
-@DATASETS.register("class-folders")
+@DATASETS.register(GENERIC)
 def class_folders(root: Path) -> DatasetIndex:
     """Any data in class folders; labels in sorted folder-name order, one group per image."""
     return scan_folders(root, "class-folders")
@@ -172,6 +175,38 @@ def retinopathy(root: Path) -> DatasetIndex:
                         audit=True)
 
 
-def load_index(name: str, root: str | Path) -> DatasetIndex:
-    """Scan ``root`` with the registered data set ``name``."""
-    return DATASETS.get(name)(Path(root))
+def _scan_any(root: Path) -> DatasetIndex:
+    """The index of the first data set with fixed class folders that accepts ``root``, else the generic one."""
+    for name in DATASETS.names():
+        if name != GENERIC:
+            try:
+                return DATASETS.get(name)(root)
+            except DataError:
+                continue  # another layout; a wrong one fails at the class-folder check, before any file is listed
+    return DATASETS.get(GENERIC)(root)
+
+
+def detect_dataset(root: str | Path) -> str:
+    """The registered data set that the layout at ``root`` fits (its class folders, its splits):
+    one with fixed class names (``pneumonia``, ``retinopathy``) where they match, else ``class-folders``.
+    Raises :class:`DataError` when no registered data set can read the folder."""
+    return _scan_any(Path(root).expanduser()).name
+
+
+def load_index(name: str | None, root: str | Path) -> DatasetIndex:
+    """Scan ``root`` with the registered data set ``name`` (None: the one its layout fits, see
+    :func:`detect_dataset`). When ``name`` does not fit but another does, the error says which."""
+    root = Path(root).expanduser()
+    if name is None:
+        index = _scan_any(root)
+        log.info("data set '%s' (detected from the class folders of %s; --dataset to choose another)", index.name, root)
+        return index
+    scan = DATASETS.get(name)
+    try:
+        return scan(root)
+    except DataError as exc:
+        try:
+            fits = detect_dataset(root)
+        except DataError:
+            raise exc from None  # no layout fits: the first error names the problem
+        raise DataError(f"{exc}; this folder fits --dataset {fits}") from None

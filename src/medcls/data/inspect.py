@@ -76,7 +76,7 @@ def sample_grid(index: DatasetIndex, path: Path, per_class: int = 6, size: int =
     return save_png(fig, path, dpi=100)
 
 
-def inspect_data(root: str | Path, dataset: str = "pneumonia", out_dir: str | Path | None = None,
+def inspect_data(root: str | Path, dataset: str | None = None, out_dir: str | Path | None = None,
                  quiet: bool = False, audit: bool | None = None) -> dict:
     """Describe a data set; with ``out_dir`` write ``inspection.json`` and ``samples.png`` there.
 

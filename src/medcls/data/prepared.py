@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from medcls.core.paths import default_data_root
 from medcls.data.audit import audit_index, deduplicate
 from medcls.data.cache import ImageCache, build_cache
 from medcls.data.datasets import SPLITS, DataError, DatasetIndex, load_index
@@ -60,10 +61,21 @@ class PreparedData:
         return mean.tolist(), std.tolist()
 
 
+def require_data_root(cfg: DataConfig) -> Path:
+    """The configured data folder; if it is missing, a :class:`DataError` that says how to give one
+    (a preset's or the default root is relative to the working folder, so it is missing elsewhere)."""
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        env = ", or set MEDCLS_DATA" if cfg.root == default_data_root() else ""  # it only changes the default
+        raise DataError(f"data folder not found: {cfg.root} (config key data.root; give the folder with "
+                        f"--data DIR or --set data.root=DIR{env})")
+    return root
+
+
 def prepare_data(cfg: DataConfig, manifest: str | Path | None = None, quiet: bool = False) -> PreparedData:
     """Scan the data set, split it (or read ``manifest``), and decode it into the cache
     (``quiet``: no progress bars; warnings go to :mod:`logging`)."""
-    index = load_index(cfg.dataset, cfg.root)
+    index = load_index(cfg.dataset, require_data_root(cfg))
     if index.ignored:
         shown = ", ".join(str(p) for p in index.ignored[:5])
         log.warning("ignored %d non-image file(s): %s%s", len(index.ignored), shown,

@@ -30,7 +30,7 @@ def run_row(run: str | Path) -> dict:
         "run": run.name, "arch": cfg.get("model", {}).get("arch"), "size": cfg.get("data", {}).get("image_size"),
         "params_m": round(training["parameters"] / 1e6, 2) if "parameters" in training else None,
         "epochs": training.get("epochs_run"),
-        "fit_min": round(training["fit_seconds"] / 60, 1) if "fit_seconds" in training else None,
+        "fit_min": round(training["fit_seconds"] / 60, 3) if "fit_seconds" in training else None,
         "img_per_s": training.get("mean_images_per_s"), "device": training.get("device"),
         "val_auc": training.get("best_epoch_score") if training.get("monitor") == "val_auc" else None,
         "stress_auc": shortcut.get("worst_auc"), "zoom_flip": shortcut.get("zoom_flip"),
@@ -45,13 +45,29 @@ def compare_runs(runs: list[str | Path]) -> list[dict]:
     return [run_row(r) for r in runs]
 
 
-def format_value(v) -> str:
-    """Rates and scores to 4 decimals; counts, times and names as they are."""
-    return "" if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
+def column_label(column: str) -> str:
+    """A column's header for people: ``fit_min`` holds minutes but is shown in its best unit."""
+    return "fit time" if column == "fit_min" else column
+
+
+def duration(seconds: float) -> str:
+    """A wall time in the unit that reads best: seconds under a minute, minutes under an hour, else hours."""
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def format_value(v, column: str | None = None) -> str:
+    """Rates and scores to 4 decimals; the fit time (``fit_min``) in its best unit; counts and names as they are."""
+    if v is None:
+        return ""
+    if column == "fit_min":
+        return duration(v * 60)
+    return f"{v:.4f}" if isinstance(v, float) and v < 1.5 else str(v)
 
 
 def markdown_table(rows: list[dict]) -> str:
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(format_value(r.get(c)) for c in cols) + " |" for r in rows]
+    lines = ["| " + " | ".join(column_label(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(format_value(r.get(c), c) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"

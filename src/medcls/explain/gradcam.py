@@ -142,8 +142,9 @@ class Explainer:
         self._target = _module(predictor.net, self.layer)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Explainer":
-        return cls(Predictor.from_checkpoint(path), **kwargs)
+    def from_checkpoint(cls, path: str | Path | None, **kwargs) -> "Explainer":
+        """An explainer for checkpoint ``path`` (None: the shipped model)."""
+        return cls(Predictor.from_checkpoint(explainable_model(path)), **kwargs)
 
     def _targets(self, classes: Sequence[int]) -> list:
         # One logit: explain the predicted side (the logit for the positive class, its
@@ -191,6 +192,18 @@ class Explainer:
         return out
 
 
+def explainable_model(model: str | Path | None) -> Path:
+    """The checkpoint to explain: ``model`` (None: the shipped one); heat maps need the
+    network's gradients, which an exported ONNX file does not give."""
+    from medcls.assets import shipped_model
+
+    if model is None:
+        return shipped_model()
+    if Path(model).suffix.lower() == ".onnx":
+        raise ExplainError(f"{model}: heat maps need the .pt checkpoint (or run folder), not the exported ONNX file")
+    return Path(model)
+
+
 def overlay_names(paths: Sequence[str | Path], method: str = DEFAULT_METHOD) -> list[str]:
     """``<stem>.<method>.png`` per path (``gradcampp`` for Grad-CAM++), numbered where two inputs share a stem."""
     suffix = f".{method.replace('+', 'p')}.png"
@@ -204,10 +217,10 @@ def overlay_names(paths: Sequence[str | Path], method: str = DEFAULT_METHOD) -> 
     return names
 
 
-def explain_files(paths: Iterable[str | Path], model: str | Path, out_dir: str | Path, method: str = DEFAULT_METHOD,
+def explain_files(paths: Iterable[str | Path], model: str | Path | None, out_dir: str | Path, method: str = DEFAULT_METHOD,
                   layer: str | None = None) -> list[Path]:
     """Write one heat-map PNG per image into ``out_dir`` explaining the predicted class: the overlay at
-    the image's size, a colour bar and a caption (method, class, probability)."""
+    the image's size, a colour bar and a caption (method, class, probability); ``model`` None: the shipped one."""
     paths = list(paths)
     explainer = Explainer.from_checkpoint(model, method=method, layer=layer)
     targets = [Path(out_dir) / name for name in overlay_names(paths, method)]

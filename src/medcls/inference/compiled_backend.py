@@ -14,6 +14,7 @@ import torch
 
 from medcls.core.logs import quieted
 from medcls.core.messages import first_line
+from medcls.core.progress import batch_starts
 from medcls.inference.backend import parallel_runs
 from medcls.inference.export import InferenceGraph
 from medcls.models.checkpoint import ModelInfo
@@ -56,7 +57,7 @@ class CompiledBackend:
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``(N, outputs)`` and features ``(N, D)`` (float32) of uint8 images ``(N, H, W, C)``."""
         logits, features = [], []
-        for start in range(0, len(images), self.batch_size):
+        for start in batch_starts(len(images), self.batch_size):
             batch = torch.from_numpy(np.array(images[start:start + self.batch_size]))  # a copy: inputs may be read-only
             n = len(batch)
             if start and n < self.batch_size:  # a short last batch runs padded: no compile for its shape

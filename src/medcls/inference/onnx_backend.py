@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.core.messages import first_line
+from medcls.core.progress import batch_starts
 from medcls.inference.backend import parallel_runs
 from medcls.models.checkpoint import CheckpointError, ModelInfo, upgrade_info
 
@@ -43,7 +44,7 @@ class OnnxBackend:
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``(N, outputs)`` and features ``(N, D)`` of uint8 images ``(N, H, W, C)``."""
         parts = [self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images[i:i + self.batch_size])})
-                 for i in range(0, len(images), self.batch_size)]
+                 for i in batch_starts(len(images), self.batch_size)]
         if not parts:
             return np.zeros((0, 1), np.float32), np.zeros((0, 0), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -17,19 +17,24 @@ import numpy as np
 import torch
 
 from medcls.core.io import atomic_write_text
+from medcls.core.progress import PROGRESS_MIN_ITEMS, track
 from medcls.data.images import ImageLoadError, Source, expand_paths, load_image
 from medcls.inference.backend import Backend
 from medcls.inference.onnx_backend import load_onnx
 from medcls.inference.torch_backend import TorchBackend
+from medcls.metrics.ordinal import grade_decision
 from medcls.models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 from medcls.models.inference import logits_to_probs
 from medcls.ood.detector import OODDetector, ood_columns
 
 
 def decide(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """Class indices: binary models compare p(positive) with the stored threshold."""
+    """Class indices: binary models compare p(positive) with the stored threshold; graded models with
+    cut-points cut the expected grade; others take the argmax."""
     if info.binary:
         return (probs[:, 1] >= info.threshold).astype(int)
+    if info.cutpoints:
+        return grade_decision(probs, info.cutpoints)
     return probs.argmax(axis=1)
 
 
@@ -135,7 +140,8 @@ class Predictor:
         sources = list(sources)
         names = list(names) if names is not None else [str(s) for s in sources]
         arrays, kept, errors = [], [], {}
-        for name, source in zip(names, sources):
+        n = len(sources)
+        for name, source in track(zip(names, sources), f"reading {n} images", n, enabled=n >= PROGRESS_MIN_ITEMS):
             try:
                 arrays.append(self.preprocess(source))
                 kept.append(name)

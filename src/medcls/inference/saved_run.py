@@ -13,6 +13,7 @@ from medcls.config import config_from_dict
 from medcls.data.fingerprint import split_fingerprint
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.split import split_digest
+from medcls.inference.predictor import decide
 from medcls.metrics.classification import binary_metrics, multiclass_metrics
 from medcls.models.checkpoint import ModelInfo
 
@@ -31,7 +32,7 @@ def score(y: np.ndarray, probs: np.ndarray, info: ModelInfo) -> dict:
     """The headline metrics of ``probs`` against ``y`` for this model's task."""
     if info.binary:
         return binary_metrics(y, probs[:, 1], info.threshold)
-    return multiclass_metrics(y, probs, info.ordinal, referable_index(info))
+    return multiclass_metrics(y, probs, info.ordinal, referable_index(info), decide(probs, info))
 
 
 def resolve_checkpoint(target: str | Path) -> tuple[Path, Path]:

@@ -8,6 +8,8 @@ from typing import Callable
 import numpy as np
 from sklearn import metrics as skm
 
+from medcls.core.progress import PROGRESS_MIN_ITEMS, track
+
 # What people call the metrics (tables and reports); the keys stay the stable machine names.
 METRIC_NAMES = {
     "accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
@@ -41,12 +43,13 @@ def binary_metrics(y: np.ndarray, p_pos: np.ndarray, threshold: float) -> dict:
 
 
 def multiclass_metrics(y: np.ndarray, probs: np.ndarray, ordinal: bool = False,
-                       referable_from: int | None = None) -> dict:
+                       referable_from: int | None = None, pred: np.ndarray | None = None) -> dict:
     """Accuracy, balanced accuracy, macro/weighted F1, one-vs-rest AUC; for ordinal
     grades quadratic weighted kappa; with ``referable_from`` the binary view
-    "grade >= referable_from" (sensitivity, specificity, AUC)."""
+    "grade >= referable_from" (sensitivity, specificity, AUC). ``pred``: the model's decisions
+    (e.g. ordinal cut-points), argmax of ``probs`` if not given."""
     k = probs.shape[1]
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if pred is None else pred
     out = {
         "accuracy": skm.accuracy_score(y, pred),
         "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
@@ -82,7 +85,7 @@ def bootstrap_ci(fn: Callable[[np.ndarray], dict], n: int, draws: int = 1000, se
     Returns ``{metric: [low, high]}`` for every finite scalar metric."""
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
-    for _ in range(draws):
+    for _ in track(range(draws), f"bootstrap confidence intervals ({draws} draws)", draws, draws >= PROGRESS_MIN_ITEMS):
         for key, value in fn(rng.integers(0, n, n)).items():
             if isinstance(value, (int, float, np.floating)) and np.isfinite(value):
                 samples.setdefault(key, []).append(float(value))

@@ -52,4 +52,4 @@ def build_model(
 
 
 # Importing the architecture modules registers them.
-from medcls.models import compact, seed_cnn, torchvision_nets  # noqa: E402,F401
+from medcls.models import compact, seed_cnn, timm_nets, torchvision_nets  # noqa: E402,F401

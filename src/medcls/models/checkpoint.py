@@ -18,6 +18,7 @@ import torch
 from medcls.core.io import atomic_torch_save
 from medcls.core.messages import first_line
 from medcls.models import ImageClassifier, build_model
+from medcls.models.pretrained import PretrainedRecord
 
 FORMAT = "medcls-checkpoint"
 # 2: the OOD detector's state is the typed field ``ModelInfo.ood`` (was ``extras["ood"]``).
@@ -58,14 +59,18 @@ class ModelInfo:
     positive_class: Optional[str] = None
     ordinal: bool = False
     referable_from: Optional[str] = None  # ordinal grades: first grade of the binary "referable" view
+    cutpoints: Optional[list[float]] = None  # ordinal grades: cuts of the expected grade (None: argmax)
     test_digest: Optional[str] = None  # SHA-256 of the frozen test split it must be evaluated on
     test_fingerprint: Optional[str] = None  # SHA-256 of that split's file contents (medcls.data.fingerprint)
     config: dict = field(default_factory=dict)
     ood: Optional[OODState] = None  # None: trained before medcls had a detector
+    pretrained: Optional[PretrainedRecord] = None  # None: trained from scratch
 
     def __post_init__(self) -> None:
         if isinstance(self.ood, dict):  # as read back from a file
             self.ood = OODState(**self.ood)
+        if isinstance(self.pretrained, dict):
+            self.pretrained = PretrainedRecord(**self.pretrained)
 
     @property
     def num_classes(self) -> int:

@@ -55,6 +55,15 @@ def extension():
         return _build()
 
 
+def _unbuilt(cpp_extension, name: str) -> bool:
+    """Whether loading ``name`` will compile it (a silent minute or more otherwise)."""
+    try:  # a private helper of PyTorch's: if it goes, the message does
+        built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    except Exception:  # noqa: BLE001
+        return False
+    return not built.is_file() or built.stat().st_mtime < SOURCE.stat().st_mtime
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -70,6 +79,8 @@ def _build():
     flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "") \
         if Path("/proc/cpuinfo").exists() else ""
     name = "medcls_fused_" + hashlib.sha256((flags + torch.__version__).encode()).hexdigest()[:12]
+    if _unbuilt(cpp_extension, name):
+        log.info("building the fused CPU training kernels (once per machine and install; a minute or two)")
     try:
         # -fopenmp: at::parallel_for is inline OpenMP; without it the kernel runs on one thread. The
         # library it links (libgomp.so.1) is the one torch has loaded already.

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcls.core.progress import batch_starts
 from medcls.data.prepared import to_model_input
 
 # Test-time augmentation views: (zoom, shift x, shift y); no flips (anatomy is not symmetric).
@@ -33,7 +34,7 @@ def batch_logits(net: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
     net.eval()
     device = next(net.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
+    for start in batch_starts(len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
         x = to_model_input(chunk, channels_last)
         views = tta_views(x) if tta else [x]

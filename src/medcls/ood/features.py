@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
+from medcls.core.progress import batch_starts
 from medcls.data.augment import augmented_copies
 from medcls.data.prepared import to_model_input
 from medcls.models.fused import FirstStageWithMeans, fusable_first_stage
@@ -102,7 +103,7 @@ def logits_and_features(model: WithFeatures, images: np.ndarray, batch_size: int
     model.eval()
     device = next(model.parameters()).device
     logits, features = [], []
-    for start in range(0, len(images), batch_size):
+    for start in batch_starts(len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
         x = to_model_input(chunk)
         z, f = model(x)

@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -190,8 +191,10 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         yield
         await batcher.stop()
 
-    app = FastAPI(title="medcls", version=__version__, lifespan=lifespan,
-                  description=f"Image classification with model {model_id} ({', '.join(info.classes)}).")
+    # /docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline package, not a CDN:
+    # hospital networks are often air-gapped
+    app = FastAPIOffline(title="medcls", version=__version__, lifespan=lifespan,
+                         description=f"Image classification with model {model_id} ({', '.join(info.classes)}).")
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
 
     @app.exception_handler(UploadTooLarge)

@@ -8,10 +8,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from rich.progress import Progress
-
 from medcls.config import config_from_dict
 from medcls.core.io import atomic_write_json
+from medcls.core.progress import task
 from medcls.data.prepared import PreparedData
 from medcls.inference.predictor import Predictor
 from medcls.inference.saved_run import EvaluationError, checkpoint_data, resolve_checkpoint
@@ -41,10 +40,10 @@ def stress_split(predictor: Predictor, data: PreparedData, out: Path, limit_per_
     rows = per_class_subset(labels, limit_per_class, seed)
     images = data.images(split)[rows]
     log.info("stress test: %d %s images under %d perturbed settings", len(rows), split, steps())
-    with Progress(disable=quiet, transient=True) as progress:
-        task = progress.add_task(f"stress test on {len(rows)} {split} images", total=steps())
+    with task(f"stress test: {len(rows)} {split} images under {steps()} perturbed settings", steps(),
+              not quiet) as advance:
         result = replay(predictor, images, labels[rows], split, seed=seed, limit_per_class=limit_per_class,
-                        on_step=lambda name, strength: progress.advance(task))
+                        on_step=lambda name, strength: advance())
     folder = out / "stress"
     folder.mkdir(parents=True, exist_ok=True)
     for curve in result.curves:

@@ -18,6 +18,7 @@ from medcls.config import Config, config_from_dict
 from medcls.core.io import atomic_write_json
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.metrics.calibration import fit_temperature
+from medcls.metrics.ordinal import fit_cutpoints
 from medcls.metrics.threshold import choose_threshold
 from medcls.models.checkpoint import ModelInfo, OODState, load_checkpoint, save_checkpoint
 from medcls.models.inference import batch_logits, logits_to_probs
@@ -40,11 +41,12 @@ class Calibration:
     threshold_reason: str
     ood: Optional[OODState]
     n_val: int
+    cutpoints: Optional[list[float]] = None  # ordinal grades decided by cut-points (eval.ordinal_decision)
 
     def apply(self, info: ModelInfo) -> ModelInfo:
-        """``info`` with this calibration's temperature, threshold and detector."""
+        """``info`` with this calibration's temperature, decision rule and detector."""
         return dataclasses.replace(info, temperature=self.temperature, threshold=self.threshold,
-                                   threshold_rule=self.threshold_rule, ood=self.ood)
+                                   threshold_rule=self.threshold_rule, ood=self.ood, cutpoints=self.cutpoints)
 
 
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
@@ -55,23 +57,28 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
         return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
     val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
     temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate else 1.0
-    threshold, rule, why = 0.5, "argmax", "argmax of class probabilities"
+    threshold, rule, why, cutpoints = 0.5, "argmax", "argmax of class probabilities", None
+    probs = logits_to_probs(val_logits, temperature)
     if len(data.classes) == 2:
-        probs = logits_to_probs(val_logits, temperature)[:, 1]
-        threshold, why = choose_threshold(val_labels, probs, cfg.eval.threshold_rule, cfg.eval.target_sensitivity,
-                                          cfg.eval.fixed_threshold)
+        threshold, why = choose_threshold(val_labels, probs[:, 1], cfg.eval.threshold_rule,
+                                          cfg.eval.target_sensitivity, cfg.eval.fixed_threshold)
         rule = cfg.eval.threshold_rule
+    elif data.index.ordinal and cfg.eval.ordinal_decision == "cutpoints":
+        cutpoints, why = fit_cutpoints(val_labels, probs)
+        rule = "cutpoints"
     ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
                   cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
-    return Calibration(temperature, threshold, rule, why, ood, int(len(val_labels)))
+    return Calibration(temperature, threshold, rule, why, ood, int(len(val_labels)), cutpoints)
 
 
 def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,
-                  target_sensitivity: float | None = None, quiet: bool = False) -> Calibration:
+                  target_sensitivity: float | None = None, quiet: bool = False,
+                  ordinal_decision: str | None = None) -> Calibration:
     """Refit the calibration of the finished run ``run`` on its frozen validation split (its
     ``manifest.csv``) and rewrite its ``model.pt``; the weights are not touched. ``threshold_rule``
-    / ``target_sensitivity`` replace the run's ``eval`` settings (recorded in the checkpoint's config)."""
+    / ``target_sensitivity`` / ``ordinal_decision`` replace the run's ``eval`` settings (recorded in
+    the checkpoint's config)."""
     run = Path(run)
     ckpt, manifest = run / "model.pt", run / "manifest.csv"
     if not ckpt.is_file() or not manifest.is_file():
@@ -82,6 +89,8 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
         cfg.eval.threshold_rule = threshold_rule
     if target_sensitivity is not None:
         cfg.eval.target_sensitivity = target_sensitivity
+    if ordinal_decision is not None:
+        cfg.eval.ordinal_decision = ordinal_decision
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
         data_cfg.root = str(data_root)
@@ -101,5 +110,5 @@ def record_calibration(run: Path, calibration: Calibration) -> None:
     path = run / "training.json"
     facts = json.loads(path.read_text()) if path.is_file() else {}
     facts.update(temperature=calibration.temperature, threshold=calibration.threshold,
-                 threshold_reason=calibration.threshold_reason)
+                 threshold_reason=calibration.threshold_reason, cutpoints=calibration.cutpoints)
     atomic_write_json(path, facts)

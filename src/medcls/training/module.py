@@ -22,9 +22,11 @@ from medcls.models.fused import fused_layers
 
 class LitClassifier(pl.LightningModule):
     def __init__(self, net: ImageClassifier, num_classes: int, train_cfg: TrainConfig, augment_cfg: AugmentConfig,
-                 class_counts: list[int]):
+                 class_counts: list[int], pretrained: frozenset[str] = frozenset()):
         super().__init__()
         self.net = net
+        # names (in ``net``) of the parameters loaded from pretrained weights: fine-tuned apart from the head
+        self.pretrained = pretrained
         self.num_classes = num_classes
         self.cfg = train_cfg
         self.augment = BatchAugment(augment_cfg)
@@ -95,9 +97,29 @@ class LitClassifier(pl.LightningModule):
             self.val_qwk(scores, y)
             self.log("val_qwk", self.val_qwk, on_epoch=True, prog_bar=True, batch_size=len(y))
 
+    def on_train_epoch_start(self) -> None:
+        if self.cfg.head_warmup_epochs and self.pretrained:
+            # the fresh head learns first, so its random gradients do not wreck the pretrained features
+            train_all = self.current_epoch >= self.cfg.head_warmup_epochs
+            for name, p in self.net.named_parameters():
+                if name in self.pretrained:
+                    p.requires_grad_(train_all)
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups: pretrained tensors at ``lr * backbone_lr_scale`` (discriminative learning
+        rates), and, with ``no_decay_norm_bias``, norms and biases (the 1-D tensors) without weight decay."""
+        cfg = self.cfg
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.net.named_parameters():
+            decay = not (cfg.no_decay_norm_bias and p.ndim <= 1)
+            groups.setdefault((name in self.pretrained, decay), []).append(p)
+        return [{"params": params, "lr": cfg.lr * (cfg.backbone_lr_scale if pretrained else 1.0),
+                 "weight_decay": cfg.weight_decay if decay else 0.0}
+                for (pretrained, decay), params in sorted(groups.items())]
+
     def configure_optimizers(self):
         cfg = self.cfg
-        params = self.net.parameters()
+        params = self.param_groups()
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adamw":

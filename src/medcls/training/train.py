@@ -11,7 +11,6 @@ import resource
 import subprocess
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -26,14 +25,16 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
-from medcls.config import Config, save_config
+from medcls.config import Config, ModelConfig, save_config
 from medcls.config.checks import check_run_config
 from medcls.core.io import atomic_write_json
+from medcls.core.progress import task
 from medcls.data.fingerprint import data_fingerprint, file_sha256
 from medcls.data.prepared import PreparedData, make_loader, prepare_data
 from medcls.data.split import split_digest, write_manifest
 from medcls.models import build_model
 from medcls.models.checkpoint import ModelInfo, save_checkpoint
+from medcls.models.pretrained import input_stats, load_pretrained
 from medcls.training.calibrate import fit_calibration, record_calibration
 from medcls.training.checkpointing import (
     AtomicCheckpointIO,
@@ -41,6 +42,7 @@ from medcls.training.checkpointing import (
     carry_over_log,
 )
 from medcls.training.module import LitClassifier
+from medcls.training.run_dir import claim_run_dir, new_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +84,6 @@ class EpochTimer(pl.Callback):
         self.epochs = list(state["epochs"])
 
 
-def new_run_dir(cfg: Config) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
-    i = 1
-    while run.exists():
-        run = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{i}"
-        i += 1
-    run.mkdir(parents=True)
-    return run
-
-
 def environment() -> dict:
     """Versions and commit that produced a run (for reproducibility)."""
     import lightning
@@ -128,6 +119,20 @@ def _sampler(labels: np.ndarray, seed: int) -> torch.utils.data.WeightedRandomSa
                                                   generator=torch.Generator().manual_seed(seed))
 
 
+def _summary_wanted() -> bool:
+    """Lightning's model table (parameters, "Total FLOPs: 0" on CPU) only where its logger is at INFO,
+    as Lightning sets it on import; the command line lowers it unless --verbose."""
+    return logging.getLogger("lightning.pytorch.callbacks.model_summary").isEnabledFor(logging.INFO)
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's rich bar, with epochs counted from 1 ("epoch 1/1", not "Epoch 0/0")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's label
+        total = self.trainer.max_epochs
+        return f"epoch {current_epoch + 1}" + (f"/{total}" if total and total > 0 else "")
+
+
 def _launched_worker() -> bool:
     """True in a process that a distributed launcher started for a rank other than 0."""
     env = os.environ
@@ -135,10 +140,13 @@ def _launched_worker() -> bool:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
-          resume_from: str | Path | None = None, callbacks: list[pl.Callback] | None = None) -> Path:
+          resume_from: str | Path | None = None, callbacks: list[pl.Callback] | None = None,
+          force: bool | None = False) -> Path:
     """Train a model as ``cfg`` says; return the run folder (holding ``model.pt``).
 
-    The run folder is ``run_dir`` if given, else a new ``OUTPUT_DIR/NAME-TIMESTAMP``.
+    The run folder is ``run_dir`` if given (refused if it holds files, unless ``force``; None: the
+    caller has claimed it, see :func:`~medcls.training.run_dir.claim_run_dir`), else a new
+    ``OUTPUT_DIR/NAME-TIMESTAMP``.
     ``resume_from`` (a Lightning checkpoint in ``run_dir``) continues an interrupted run on
     its own split; use :func:`medcls.training.resume.resume`. ``callbacks`` are extra
     Lightning callbacks. Under DDP, processes that Lightning launches for ranks > 0 reuse
@@ -147,17 +155,27 @@ def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)  # for this run only: restored below
     try:
-        return _fit_then_calibrate(cfg, run_dir, quiet, resume_from, callbacks)
+        return _fit_then_calibrate(cfg, run_dir, quiet, resume_from, callbacks, force)
     finally:
         torch.set_num_threads(threads)
 
 
+def resolved_input_norm(model: ModelConfig) -> str:
+    """``model.input_norm`` with ``auto`` decided: the weights' normalisation for a pretrained network."""
+    if model.input_norm == "auto":
+        return "weights" if model.pretrained != "none" else "dataset"
+    return model.input_norm
+
+
 def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, resume_from: str | Path | None,
-                        callbacks: list[pl.Callback] | None) -> Path:
+                        callbacks: list[pl.Callback] | None, force: bool | None) -> Path:
     tcfg = cfg.train
-    check_run_config(cfg)
-    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
+    with task("checking the config, reading the data set", enabled=not quiet):
+        check_run_config(cfg)
+        if run_dir is not None and resume_from is None and force is not None and not _launched_worker():
+            claim_run_dir(run_dir, force)  # rank 0 only: the other ranks find the files it has begun to write
+        pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+        data = prepare_data(cfg.data, Path(run_dir) / "manifest.csv" if resume_from else None, quiet=quiet)
     if run_dir is None and _launched_worker() and "MEDCLS_RUN_DIR" in os.environ:
         run_dir = os.environ["MEDCLS_RUN_DIR"]
     run = Path(run_dir) if run_dir else new_run_dir(cfg)
@@ -172,12 +190,21 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
                                               "manifest_sha256": file_sha256(run / "manifest.csv")})
 
     mean, std = data.channel_stats()
+    input_norm = resolved_input_norm(cfg.model)
     net = build_model(cfg.model.arch, data.channels, len(data.classes), cfg.data.image_size, mean, std,
-                      cfg.model.input_norm, **cfg.model.kwargs)
+                      input_norm, **cfg.model.kwargs)
+    pretrained = None
+    if cfg.model.pretrained != "none":
+        pretrained = load_pretrained(net.backbone, cfg.model.arch, cfg.model.pretrained)
+        if input_norm == "weights":
+            mean, std = input_stats(pretrained, data.channels)
+            net.mean.copy_(torch.tensor(mean).view_as(net.mean))
+            net.std.copy_(torch.tensor(std).view_as(net.std))
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     counts = np.bincount(data.labels["train"], minlength=len(data.classes)).tolist()
-    module = LitClassifier(net, len(data.classes), tcfg, cfg.augment, counts)
+    loaded = frozenset(f"backbone.{k}" for k in pretrained.loaded) if pretrained else frozenset()
+    module = LitClassifier(net, len(data.classes), tcfg, cfg.augment, counts, pretrained=loaded)
 
     sampler = _sampler(data.labels["train"], tcfg.seed) if tcfg.imbalance == "sampler" else None
     train_loader = make_loader(data, "train", cfg.data.batch_size, sampler=sampler, shuffle=True, seed=tcfg.seed)
@@ -195,7 +222,7 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
     if tcfg.early_stopping_patience:
         callbacks.append(EarlyStopping(tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
     if not quiet:
-        callbacks.append(RichProgressBar())
+        callbacks.append(EpochBar())
     logger = CSVLogger(run, name="", version="")
     if resume_from:
         carry_over_log(logger, resume_from)
@@ -203,7 +230,7 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
         max_epochs=tcfg.epochs, accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
         strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
         logger=logger, plugins=[AtomicCheckpointIO()], enable_progress_bar=not quiet,
-        enable_model_summary=not quiet, deterministic="warn", log_every_n_steps=10,
+        enable_model_summary=not quiet and _summary_wanted(), deterministic="warn", log_every_n_steps=10,
         limit_train_batches=tcfg.limit_train_batches, default_root_dir=run, num_sanity_val_steps=0,
     )
     started = time.perf_counter()
@@ -221,14 +248,15 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
         module.load_state_dict(state)
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
 
-    calibration = fit_calibration(net, cfg, data)
+    with task("fitting temperature, threshold and OOD detector on validation", enabled=not quiet):
+        calibration = fit_calibration(net, cfg, data)
     info = calibration.apply(ModelInfo(
         arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
-        color_mode=data.color_mode, mean=mean, std=std, tta=cfg.eval.tta, input_norm=cfg.model.input_norm,
+        color_mode=data.color_mode, mean=mean, std=std, tta=cfg.eval.tta, input_norm=input_norm,
         positive_class=data.index.positive_class, ordinal=data.index.ordinal,
         referable_from=data.index.referable_from,
         test_digest=split_digest(data.index, data.splits, "test"), test_fingerprint=fingerprint["test"],
-        config=cfg.to_dict(),
+        config=cfg.to_dict(), pretrained=pretrained,
     ))
     save_checkpoint(run / "model.pt", net, info)
     per_epoch = timer.epochs
