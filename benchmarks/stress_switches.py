@@ -60,9 +60,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+NOTES = "## Notes"
+PAGE = RESULTS.with_suffix(".md")
+
+
+def write_page(rows: list[dict]) -> None:
+    """The Markdown table of ``rows``; hand-written findings below it survive a rewrite."""
+    notes = PAGE.read_text().partition(NOTES)[2] if PAGE.is_file() else ""
+    PAGE.write_text(
+        "# Switches against shortcuts, judged on stressed validation\n\n"
+        "Produced by `benchmarks/stress_switches.py`. Every number is on the validation split (the test split "
+        "is not scored): `val_auc` unperturbed, `stress_auc` the worst AUC over every perturbation and strength "
+        "of `medcls stress`, `zoom_flip` the share of correctly called NORMAL images called PNEUMONIA after a "
+        "centred 70% crop. Better: higher `stress_auc`, lower `zoom_flip`, `val_auc` kept. "
+        "Runs are small (see `overrides` in the JSON) to fit the shared CPU; one seed each.\n\n" + markdown(rows)
+        + ("\n" + NOTES + notes if notes else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="variants to train (none: rewrite the page from the results file)")
     ap.add_argument("--set", action="append", default=[], help="override for every variant")
     ap.add_argument("--stress-limit", type=int, default=100, help="validation images per class (0: all)")
     args = ap.parse_args()
@@ -72,13 +90,8 @@ def main() -> None:
         print(json.dumps({k: rows[-1][k] for k in COLUMNS}), flush=True)
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
-        (RESULTS.with_suffix(".md")).write_text(
-            "# Switches against shortcuts, judged on stressed validation\n\n"
-            "Produced by `benchmarks/stress_switches.py`. Every number is on the validation split (the test split "
-            "is not scored): `val_auc` unperturbed, `stress_auc` the worst AUC over every perturbation and strength "
-            "of `medcls stress`, `zoom_flip` the share of correctly called NORMAL images called PNEUMONIA after a "
-            "centred 70% crop. Better: higher `stress_auc`, lower `zoom_flip`, `val_auc` kept. "
-            "Runs are small (see `overrides` in the JSON) to fit the shared CPU; one seed each.\n\n" + markdown(rows))
+        write_page(rows)  # after each variant: an interrupted benchmark keeps what it measured
+    write_page(rows)
 
 
 if __name__ == "__main__":
