@@ -106,3 +106,13 @@ def steady(rates: list[float]) -> float:
     import statistics
 
     return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
+
+
+def write_results(name: str, result: dict, markdown: str) -> None:
+    """``benchmarks/results/NAME.json`` and ``NAME.md``; the Markdown is printed too."""
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)

@@ -7,7 +7,8 @@ on (--max-batch 8) and off (1), for the ONNX Runtime, PyTorch or compiled PyTorc
 
 Starts `medcls serve` itself on a free 127.0.0.1 port and stops it at the end.
 Writes benchmarks/results/serve_load.json (serve_load_BACKEND.json for the others). Target:
-p95 <= 50 ms at 8 concurrent clients, zero errors."""
+p95 <= 50 ms at 8 concurrent clients, zero errors. A Prometheus-like scraper reads /metrics once a
+second during the load (scrapes and scrape errors are reported)."""
 
 from __future__ import annotations
 
@@ -88,8 +89,27 @@ async def load(url: str, data: bytes, clients: int, duration: float, warmup: flo
                     else:
                         errors.append(detail)
 
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return {"clients": clients, "duration_s": duration, "requests": len(latencies) + len(errors),
+    scrapes, scrape_errors = [], []
+
+    async def prometheus() -> None:
+        """Scrapes /metrics once a second during the load, as a Prometheus server would."""
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(30)) as c:
+            while time.perf_counter() < stop_at:
+                try:
+                    async with c.get("/metrics") as res:
+                        text = await res.text()
+                    (scrapes if res.status == 200 and "medcls_requests_total" in text else scrape_errors).append(
+                        text if res.status == 200 else f"{res.status}")
+                except aiohttp.ClientError as exc:
+                    scrape_errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+
+    await asyncio.gather(prometheus(), *(client() for _ in range(clients)))
+    predicted = [float(line.rsplit(" ", 1)[1]) for line in (scrapes[-1] if scrapes else "").splitlines()
+                 if line.startswith('medcls_requests_total{endpoint="/v1/predict",status="200"}')]
+    return {"metrics_scrapes": len(scrapes), "metrics_scrape_errors": len(scrape_errors),
+            "metrics_predict_200_at_last_scrape": predicted[0] if predicted else None,
+            "clients": clients, "duration_s": duration, "requests": len(latencies) + len(errors),
             "errors": len(errors), "first_errors": errors[:5],
             "throughput_rps": round(len(latencies) / duration, 1), "latency": percentiles(latencies),
             "server_latency": percentiles(server_ms)}
@@ -127,6 +147,7 @@ def main() -> None:
                 runs.append({"max_batch": max_batch, **r})
             print(f"max_batch={max_batch}: {r['throughput_rps']} req/s, p50 {r['latency']['p50_ms']:.1f} ms, "
                   f"p95 {r['latency']['p95_ms']:.1f} ms, p99 {r['latency']['p99_ms']:.1f} ms, {r['errors']} errors; "
+                  f"/metrics scraped {r['metrics_scrapes']} times, {r['metrics_scrape_errors']} errors; "
                   f"CPU per request: server {r['server_cpu_ms_per_request']} ms, "
                   f"client {r['client_cpu_ms_per_request']} ms")
     out = args.out or RESULTS / ("serve_load.json" if args.backend == "onnxruntime" else f"serve_load_{args.backend}.json")

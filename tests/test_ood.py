@@ -77,7 +77,7 @@ def png(img) -> bytes:
 
 def test_detector_is_stored_and_reloaded_exactly(trained_run, run_data):
     payload = torch.load(trained_run / "model.pt", map_location="cpu", weights_only=True)
-    assert payload["format_version"] == 2
+    assert payload["format_version"] == 3
     state = payload["info"]["ood"]
     assert state["method"] == "mahalanobis-multiscale" and state["flag_rate"] == 0.05
     # seed-cnn at 64 px with "same" padding: channel means at 64, 32, 16, 8, 4 and 2 px, then Dense 64

@@ -19,7 +19,9 @@ from medcls.core.version import __version__  # noqa: E402
 
 if TYPE_CHECKING:  # what editors and type checkers see; loaded on first use below
     from medcls.api import (
+        adapt,
         audit,
+        calibrate,
         compare,
         evaluate,
         explain,
@@ -49,5 +51,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "recalibrate",
-           "evaluate", "stress", "predict", "explain", "report", "compare", "export", "serve", "run"]
+           "calibrate", "adapt", "evaluate", "stress", "predict", "explain", "report", "compare", "export", "serve",
+           "run"]
 _API = frozenset(__all__) - {"Config", "load_config", "Predictor", "__version__"}  # the functions of medcls.api

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from medcls.inference.export import ExportResult
     from medcls.inference.predictor import Prediction
     from medcls.serving.app import ServiceSettings
+    from medcls.site.adapt import SiteAdaptationResult
+    from medcls.site.calibrate import SiteCalibrationResult
     from medcls.stress.result import StressResult
     from medcls.training.calibrate import Calibration
 
@@ -62,6 +64,27 @@ def recalibrate(run: str | Path, data_root: str | Path | None = None, threshold_
 
     return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet,
                          ordinal_decision=ordinal_decision)
+
+
+def calibrate(model: str | Path, data: str | Path, out: str | Path | None = None,
+              threshold_rule: Optional[str] = None, target_sensitivity: Optional[float] = None,
+              bootstrap: int = 1000, quiet: bool = False, ordinal_decision: Optional[str] = None
+              ) -> SiteCalibrationResult:
+    """Refit a model's threshold (or ordinal cut-points) and temperature on a labelled sample of a new
+    site (class folders); writes a new model file with the fit's provenance (the weights are not touched)."""
+    from medcls.site.calibrate import calibrate_site
+
+    return calibrate_site(model, data, out, threshold_rule, target_sensitivity, bootstrap, quiet=quiet,
+                          ordinal_decision=ordinal_decision)
+
+
+def adapt(model: str | Path, data: str | Path, out: str | Path | None = None,
+          quiet: bool = False) -> SiteAdaptationResult:
+    """Re-estimate a model's BatchNorm statistics on a site's unlabelled images (AdaBN); writes a new
+    model file, its OOD flag re-scaled on those images, with a before/after report."""
+    from medcls.site.adapt import adapt_site
+
+    return adapt_site(model, data, out, quiet=quiet)
 
 
 def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,

@@ -93,6 +93,29 @@ def cmd_recalibrate(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from medcls.api import calibrate
+    from medcls.console import show_site_calibration
+
+    _tune_process()
+    result = calibrate(args.model, args.data, args.out, args.threshold_rule, args.target_sensitivity, args.bootstrap,
+                       ordinal_decision=args.ordinal_decision)
+    show_site_calibration(result)
+    print(f"site-calibrated model written to {result.out}")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from medcls.api import adapt
+    from medcls.console import show_site_adaptation
+
+    _tune_process()
+    result = adapt(args.model, args.data, args.out)
+    show_site_adaptation(result)
+    print(f"adapted model written to {result.out}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from medcls.api import evaluate
     from medcls.console import show_evaluation
@@ -206,6 +229,14 @@ def add_cam_options(p, layer: bool = True) -> None:
         p.add_argument("--cam-layer", help="module to explain, e.g. backbone.layer4 (default: the last feature map)")
 
 
+def add_threshold_options(p, default: str) -> None:
+    p.add_argument("--threshold-rule", choices=["youden", "sensitivity", "f1", "fixed"],
+                   help=f"operating-point rule (default: {default})")
+    p.add_argument("--target-sensitivity", type=float, help="for --threshold-rule sensitivity")
+    p.add_argument("--ordinal-decision", choices=["argmax", "cutpoints"],
+                   help="graded models: argmax, or cut-points on the expected grade fitted for QWK")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcls", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medcls {__version__}")
@@ -254,12 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
                                            "split, without retraining")
     p.add_argument("run", help="run folder")
     p.add_argument("--data", help="data folder, if it moved since training")
-    p.add_argument("--threshold-rule", choices=["youden", "sensitivity", "f1", "fixed"],
-                   help="operating-point rule (default: the run's eval.threshold_rule)")
-    p.add_argument("--target-sensitivity", type=float, help="for --threshold-rule sensitivity")
-    p.add_argument("--ordinal-decision", choices=["argmax", "cutpoints"],
-                   help="graded models: argmax, or cut-points on the expected grade fitted for QWK")
+    add_threshold_options(p, "the run's eval.threshold_rule")
     p.set_defaults(fn=cmd_recalibrate)
+
+    def site_command(name: str, what: str, data: str, suffix: str):
+        p = sub.add_parser(name, help=f"{what}; writes a new model file")
+        p.add_argument("model", help="checkpoint (model.pt) or run folder")
+        p.add_argument("--data", required=True, help=data)
+        p.add_argument("--out", "-o", help=f"new model file (default: MODEL_NAME-{suffix}.pt here)")
+        return p
+
+    p = site_command("calibrate", "refit a model's threshold and temperature on a labelled sample of a new site",
+                     "the site's labelled images, one folder per class", "site")
+    add_threshold_options(p, "the model's")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the intervals")
+    p.set_defaults(fn=cmd_calibrate)
+
+    p = site_command("adapt", "re-estimate a model's BatchNorm statistics on a site's unlabelled images (AdaBN)",
+                     "folder of the site's images (searched recursively; no labels)", "adapted")
+    p.set_defaults(fn=cmd_adapt)
 
     p = sub.add_parser("evaluate", help="evaluate a run or checkpoint on its test split")
     p.add_argument("target", help="run folder or model.pt")

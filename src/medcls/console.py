@@ -4,12 +4,12 @@ the library returns records and logs; only entry points write to the terminal.""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -20,6 +20,10 @@ from medcls.evaluation.result import EvaluationResult
 from medcls.evaluation.verdict import verdict
 from medcls.metrics.classification import metric_name
 from medcls.stress.result import StressResult
+
+if TYPE_CHECKING:
+    from medcls.site.adapt import SiteAdaptationResult
+    from medcls.site.calibrate import SiteCalibrationResult
 
 console = Console(stderr=True)
 
@@ -41,12 +45,14 @@ class ProgressBars:
                 self._live = None
             return
         if self._live is None:
-            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.out, transient=True)
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
+                                  TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=self.out,
+                                  transient=True)
             self._live.start()
+        count = f"{event.done}/{event.total}" if event.total is not None else ""  # not "0/?" for a spinner
         if event.key not in self._tasks:
-            self._tasks[event.key] = self._live.add_task(event.description, total=event.total)
-        self._live.update(self._tasks[event.key], completed=event.done)
+            self._tasks[event.key] = self._live.add_task(event.description, total=event.total, count=count)
+        self._live.update(self._tasks[event.key], completed=event.done, count=count)
 
 
 def show_inspection(info: dict) -> None:
@@ -118,6 +124,49 @@ def show_ood(ood: dict) -> None:
     if accuracy and None not in accuracy.values():
         table.caption = (f"test accuracy: {accuracy['in_distribution']:.1%} of unflagged images, "
                          f"{accuracy['flagged']:.1%} of flagged ones")
+    console.print(table)
+
+
+def show_site_calibration(result: SiteCalibrationResult) -> None:
+    """Before/after metrics of ``medcls calibrate`` on the site's sample, with the intervals."""
+    rec = result.record
+    table = Table(title=f"Site calibration on {result.n_images} labelled images "
+                        f"({', '.join(f'{c} {n}' for c, n in rec.counts.items())})")
+    for column in ("metric", "model as shipped", "refitted (in sample)", "95% CI", "refit, images left out",
+                   "95% CI "):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def interval(ci: dict, key: str) -> str:
+        return f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else ""
+
+    for key, after in result.after.items():
+        oob = result.out_of_bag.get(key)
+        table.add_row(metric_name(key), f"{result.before[key]:.3f}", f"{after:.3f}", interval(result.ci95_after, key),
+                      "" if oob is None else f"{oob:.3f}", interval(result.ci95_out_of_bag, key))
+    table.caption = (f"{result.bootstrap_draws} bootstrap draws; the in-sample column is fitted on the images it "
+                     f"scores (optimistic), the left-out column refits on each resample and scores the rest")
+    console.print(table)
+    span = (f" (95% CI over resamples {result.threshold_ci95[0]:.3f}-{result.threshold_ci95[1]:.3f})"
+            if result.threshold_ci95 else "")
+    console.print(f"threshold {rec.threshold_before:.3f} -> {rec.threshold:.3f}{span}: {rec.threshold_reason}; "
+                  f"temperature {rec.temperature_before:.3f} -> {rec.temperature:.3f}")
+
+
+def show_site_adaptation(result: SiteAdaptationResult) -> None:
+    """What AdaBN changed on the site's images that can be seen without labels."""
+    views = [("model as it was", result.before), ("adapted, old OOD threshold", result.after_old_threshold),
+             ("adapted, OOD re-set on the site", result.after)]
+    table = Table(title=f"AdaBN on {result.record.n_images} unlabelled images "
+                        f"({result.record.batchnorm_layers} BatchNorm layers)")
+    table.add_column("")
+    classes = list(result.before.predicted)
+    for c in classes:
+        table.add_column(f"predicted {c}", justify="right")
+    table.add_column("OOD flagged", justify="right")
+    for name, view in views:
+        table.add_row(name, *(f"{view.predicted[c]:.1%}" for c in classes),
+                      "-" if view.ood_flagged is None else f"{view.ood_flagged:.1%}")
+    table.caption = "no labels are used: whether accuracy changed needs a labelled sample (medcls calibrate)"
     console.print(table)
 
 

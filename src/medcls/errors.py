@@ -12,8 +12,9 @@ from medcls.inference.export import ExportError
 from medcls.models.checkpoint import CheckpointError
 from medcls.ood.evaluation import OODEvaluationError
 from medcls.reporting.report import ReportError
+from medcls.site.sample import SiteError
 from medcls.training.calibrate import CalibrationError
 
 USER_ERRORS = (ConfigError, DataError, ImageLoadError, CheckpointError, EvaluationError, UnknownNameError,
                ExportError, FileNotFoundError, DiskFullError, ExplainError, ReportError, OODEvaluationError,
-               CompileError, CalibrationError)
+               CompileError, CalibrationError, SiteError)

@@ -22,7 +22,9 @@ from medcls.models.pretrained import PretrainedRecord
 
 FORMAT = "medcls-checkpoint"
 # 2: the OOD detector's state is the typed field ``ModelInfo.ood`` (was ``extras["ood"]``).
-FORMAT_VERSION = 2
+# 3: ``ModelInfo.site``, the fits to a new site, with ``pretrained`` and ``cutpoints`` (older files load with None; an older
+#    medcls refuses a format-3 file as newer instead of failing on the unknown field).
+FORMAT_VERSION = 3
 
 
 class CheckpointError(ValueError):
@@ -40,6 +42,53 @@ class OODState:
     blocks: list[int]  # feature block sizes (scales..., penultimate)
     gaussians: list[dict] = field(default_factory=list)  # per block: "block", "means", "whitening", "scale"
     augmented: bool = False  # the Gaussians saw augmented copies of the training images too
+
+
+@dataclass
+class SiteCalibration:
+    """Provenance of ``medcls calibrate``: the threshold and temperature refitted on a labelled
+    sample of a new site (:mod:`medcls.site.calibrate`)."""
+
+    data: str  # the site's folder
+    data_sha256: str  # over the sorted (relative path, label, file SHA-256) of the images used
+    counts: dict[str, int]  # readable images per class
+    threshold_rule: str
+    threshold_reason: str
+    threshold_before: float
+    threshold: float
+    temperature_before: float
+    temperature: float
+    fitted_at: str  # UTC, ISO 8601
+    medcls_version: str
+
+
+@dataclass
+class SiteAdaptation:
+    """Provenance of ``medcls adapt``: BatchNorm statistics re-estimated on a site's unlabelled
+    images (AdaBN, :mod:`medcls.site.adapt`), and the OOD threshold re-set on them."""
+
+    data: str
+    data_sha256: str  # over the sorted (relative path, file SHA-256) of the images used
+    n_images: int
+    batchnorm_layers: int
+    ood_threshold_before: Optional[float]  # None: a model without an OOD detector
+    ood_threshold: Optional[float]
+    fitted_at: str
+    medcls_version: str
+
+
+@dataclass
+class SiteState:
+    """What was fitted to the site a model is deployed at (None: as trained)."""
+
+    adaptation: Optional[SiteAdaptation] = None
+    calibration: Optional[SiteCalibration] = None
+
+    def __post_init__(self) -> None:  # as read back from a file
+        if isinstance(self.adaptation, dict):
+            self.adaptation = SiteAdaptation(**self.adaptation)
+        if isinstance(self.calibration, dict):
+            self.calibration = SiteCalibration(**self.calibration)
 
 
 @dataclass
@@ -65,12 +114,15 @@ class ModelInfo:
     config: dict = field(default_factory=dict)
     ood: Optional[OODState] = None  # None: trained before medcls had a detector
     pretrained: Optional[PretrainedRecord] = None  # None: trained from scratch
+    site: Optional[SiteState] = None  # None: not fitted to a site (medcls calibrate / adapt)
 
     def __post_init__(self) -> None:
         if isinstance(self.ood, dict):  # as read back from a file
             self.ood = OODState(**self.ood)
         if isinstance(self.pretrained, dict):
             self.pretrained = PretrainedRecord(**self.pretrained)
+        if isinstance(self.site, dict):
+            self.site = SiteState(**self.site)
 
     @property
     def num_classes(self) -> int:
@@ -176,4 +228,5 @@ def checkpoint_summary(info: ModelInfo) -> dict[str, Any]:
     """The facts a user or service wants to see about a model."""
     return {"arch": info.arch, "classes": info.classes, "image_size": info.image_size,
             "color_mode": info.color_mode, "threshold": info.threshold, "threshold_rule": info.threshold_rule,
-            "temperature": info.temperature, "positive_class": info.positive_class}
+            "temperature": info.temperature, "positive_class": info.positive_class,
+            "site": None if info.site is None else dataclasses.asdict(info.site)}  # medcls calibrate / adapt

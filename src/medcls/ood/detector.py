@@ -35,7 +35,16 @@ from medcls.config import AugmentConfig
 from medcls.models.checkpoint import ModelInfo, OODState
 from medcls.ood.features import OODFeatures, logits_and_features, reference_features
 
-METHODS = ("mahalanobis-multiscale", "mahalanobis-penultimate", "energy", "max-logit")
+METHODS = ("mahalanobis-multiscale", "mahalanobis-early", "mahalanobis-penultimate", "energy", "max-logit")
+
+
+def early_blocks(blocks: list[int]) -> range:
+    """``mahalanobis-early``'s blocks: every scale but the last, and not the penultimate features.
+    Single-domain training collapses the later features onto the class evidence; measured on the
+    shipped model (``benchmarks/results/near_ood.md``), the earlier scales separate adult X-rays
+    from other hospitals better (79% flagged against 73%) with fewer test images flagged (5.3%
+    against 7.4%) and every far set still flagged."""
+    return range(len(blocks) - 2) if len(blocks) > 2 else range(len(blocks))
 
 
 def _class_logits(logits: np.ndarray) -> np.ndarray:
@@ -94,6 +103,17 @@ class OODDetector:
         edges = np.cumsum([0, *self.blocks])
         return np.max([g.distance(features[:, edges[b]:edges[b + 1]]) for b, g in self.gaussians.items()], axis=0)
 
+    def set_threshold(self, features: np.ndarray, logits: np.ndarray, flag_rate: float) -> None:
+        """Re-scale each block and set the threshold so that ``flag_rate`` of these in-distribution
+        images are flagged (validation when fitted; a site's own images after ``medcls adapt``,
+        whose new BatchNorm statistics move every feature)."""
+        edges = np.cumsum([0, *self.blocks])
+        for b, g in self.gaussians.items():
+            g.scale = 1.0
+            g.scale = float(np.quantile(g.distance(features[:, edges[b]:edges[b + 1]]), 1.0 - flag_rate))
+        self.threshold = float(np.quantile(self.score(features, logits), 1.0 - flag_rate))
+        self.flag_rate = flag_rate
+
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         return scores <= self.threshold
 
@@ -125,13 +145,12 @@ def fit_detector(method: str, blocks: list[int], train_features: np.ndarray, tra
     if method not in METHODS:
         raise ValueError(f"unknown OOD method {method!r} (known: {', '.join(METHODS)})")
     detector = OODDetector(method, 0.0, flag_rate, list(blocks), augmented=augmented)
-    used = {"mahalanobis-multiscale": range(len(blocks)), "mahalanobis-penultimate": [len(blocks) - 1]}
+    used = {"mahalanobis-multiscale": range(len(blocks)), "mahalanobis-early": early_blocks(blocks),
+            "mahalanobis-penultimate": [len(blocks) - 1]}
     edges = np.cumsum([0, *blocks])
     for b in used.get(method, []):
-        g = Gaussians.fit(train_features[:, edges[b]:edges[b + 1]], train_labels)
-        g.scale = float(np.quantile(g.distance(val_features[:, edges[b]:edges[b + 1]]), 1.0 - flag_rate))
-        detector.gaussians[b] = g
-    detector.threshold = float(np.quantile(detector.score(val_features, val_logits), 1.0 - flag_rate))
+        detector.gaussians[b] = Gaussians.fit(train_features[:, edges[b]:edges[b + 1]], train_labels)
+    detector.set_threshold(val_features, val_logits, flag_rate)
     return detector
 
 

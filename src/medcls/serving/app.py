@@ -38,6 +38,7 @@ from medcls.inference.predictor import Prediction, Predictor
 from medcls.models.checkpoint import checkpoint_summary
 from medcls.serving.batching import MicroBatcher
 from medcls.serving.limits import BodyLimit, UploadTooLarge
+from medcls.serving.monitoring import MetricsMiddleware, Monitor
 
 T = TypeVar("T")
 STATIC = resources.files("medcls.serving") / "static"
@@ -196,6 +197,9 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     app = FastAPIOffline(title="medcls", version=__version__, lifespan=lifespan,
                          description=f"Image classification with model {model_id} ({', '.join(info.classes)}).")
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    monitor = Monitor(info.classes, None if predictor.ood is None else predictor.ood.flag_rate)
+    app.add_middleware(MetricsMiddleware, monitor=monitor)  # outermost: 413s are counted too
+    app.include_router(monitor.router())
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(request: Request, exc: UploadTooLarge) -> JSONResponse:
@@ -203,7 +207,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "model_id": model_id}
+        return {"model_id": model_id, **monitor.health()}  # status "drift" when the OOD flag rate moved
 
     @app.get("/v1/model")
     async def model_card() -> dict:
@@ -222,6 +226,7 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         started = [time.perf_counter() for _ in uploads]
         rows = await asyncio.gather(*(batcher.submit(upload) for upload in uploads))  # the first 422 fails all
         latencies = [(time.perf_counter() - t0) * 1000 for t0 in started]
+        monitor.observe(rows)
         # A response object skips FastAPI's re-validation against ``Predictions`` (built here from
         # the same fields; the schema still documents it): measurable CPU per request under load.
         return JSONResponse({"model_id": model_id, "predictions": [

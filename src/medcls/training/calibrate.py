@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
-from medcls.config import Config, config_from_dict
+from medcls.config import Config, EvalConfig, config_from_dict
 from medcls.core.io import atomic_write_json
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.metrics.calibration import fit_temperature
@@ -49,6 +50,35 @@ class Calibration:
                                    threshold_rule=self.threshold_rule, ood=self.ood, cutpoints=self.cutpoints)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """How logits become decisions: the temperature, then the binary threshold or the ordinal cut-points."""
+
+    temperature: float
+    threshold: float  # binary: positive when p(positive) >= threshold; 0.5 otherwise
+    rule: str  # the threshold rule, "argmax" or "cutpoints"
+    reason: str
+    cutpoints: Optional[list[float]] = None
+
+
+def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, ordinal: bool = False,
+                 on: str = "validation") -> Decision:
+    """The :class:`Decision` fitted on ``logits`` and their ``labels``: the temperature if
+    ``rules.calibrate``, then for two classes the threshold on the calibrated p(positive) by
+    ``rules.threshold_rule``, for ``ordinal`` grades with ``rules.ordinal_decision=cutpoints`` the
+    cut-points; otherwise argmax. ``on`` names the data in the reason."""
+    temperature = fit_temperature(logits, labels) if rules.calibrate else 1.0
+    probs = logits_to_probs(logits, temperature)
+    if probs.shape[1] == 2:
+        threshold, why = choose_threshold(labels, probs[:, 1], rules.threshold_rule, rules.target_sensitivity,
+                                          rules.fixed_threshold, on)
+        return Decision(temperature, threshold, rules.threshold_rule, why)
+    if ordinal and rules.ordinal_decision == "cutpoints":
+        cutpoints, why = fit_cutpoints(labels, probs)
+        return Decision(temperature, 0.5, "cutpoints", why, cutpoints)
+    return Decision(temperature, 0.5, "argmax", "argmax of class probabilities")
+
+
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
     """Fit temperature (if ``eval.calibrate``), threshold (binary, by ``eval.threshold_rule``) and
     the OOD detector of ``net`` on ``data``'s validation split; ``net`` is left unchanged."""
@@ -56,20 +86,12 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
     if not len(val_labels):
         return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
     val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
-    temperature = fit_temperature(val_logits, val_labels) if cfg.eval.calibrate else 1.0
-    threshold, rule, why, cutpoints = 0.5, "argmax", "argmax of class probabilities", None
-    probs = logits_to_probs(val_logits, temperature)
-    if len(data.classes) == 2:
-        threshold, why = choose_threshold(val_labels, probs[:, 1], cfg.eval.threshold_rule,
-                                          cfg.eval.target_sensitivity, cfg.eval.fixed_threshold)
-        rule = cfg.eval.threshold_rule
-    elif data.index.ordinal and cfg.eval.ordinal_decision == "cutpoints":
-        cutpoints, why = fit_cutpoints(val_labels, probs)
-        rule = "cutpoints"
+    decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
     ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
                   cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
-    return Calibration(temperature, threshold, rule, why, ood, int(len(val_labels)), cutpoints)
+    return Calibration(decision.temperature, decision.threshold, decision.rule, decision.reason, ood,
+                       int(len(val_labels)), decision.cutpoints)
 
 
 def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,

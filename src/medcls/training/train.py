@@ -170,7 +170,7 @@ def resolved_input_norm(model: ModelConfig) -> str:
 def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, resume_from: str | Path | None,
                         callbacks: list[pl.Callback] | None, force: bool | None) -> Path:
     tcfg = cfg.train
-    with task("checking the config, reading the data set", enabled=not quiet):
+    with task("checking the config, reading the data", enabled=not quiet):
         check_run_config(cfg)
         if run_dir is not None and resume_from is None and force is not None and not _launched_worker():
             claim_run_dir(run_dir, force)  # rank 0 only: the other ranks find the files it has begun to write
@@ -248,7 +248,7 @@ def _fit_then_calibrate(cfg: Config, run_dir: str | Path | None, quiet: bool, re
         module.load_state_dict(state)
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
 
-    with task("fitting temperature, threshold and OOD detector on validation", enabled=not quiet):
+    with task("calibrating on validation (temperature, threshold, OOD)", enabled=not quiet):
         calibration = fit_calibration(net, cfg, data)
     info = calibration.apply(ModelInfo(
         arch=cfg.model.arch, arch_kwargs=cfg.model.kwargs, classes=data.classes, image_size=cfg.data.image_size,
