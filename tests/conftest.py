@@ -48,7 +48,8 @@ def quick_overrides(out_dir: Path, root: Path = XRAY, limit: int = 100, size: in
     """A run small enough for the test suite: few images, small size, few epochs."""
     return [f"data.root={root}", f"data.limit_per_class={limit}", f"data.image_size={size}",
             "model.kwargs.padding=same", f"train.epochs={epochs}", "train.early_stopping_patience=0",
-            f"output_dir={out_dir}", "eval.bootstrap=200", "augment.rotation=5"]
+            f"output_dir={out_dir}", "eval.bootstrap=200", "augment.rotation=5",
+            "eval.stress_limit=8"]  # evaluate's stress test on 8 validation images per class: seconds, not minutes
 
 
 def assert_switch_keeps_weights(out_dir: Path, root: Path, switch: str, size: int) -> None:

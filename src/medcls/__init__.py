@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; loaded on first use bel
         resume,
         run,
         serve,
+        stress,
         train,
     )
     from medcls.inference.predictor import Predictor
@@ -50,5 +51,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "recalibrate",
-           "calibrate", "adapt", "evaluate", "predict", "explain", "report", "compare", "export", "serve", "run"]
+           "calibrate", "adapt", "evaluate", "stress", "predict", "explain", "report", "compare", "export", "serve",
+           "run"]
 _API = frozenset(__all__) - {"Config", "load_config", "Predictor", "__version__"}  # the functions of medcls.api

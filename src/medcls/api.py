@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from medcls.serving.app import ServiceSettings
     from medcls.site.adapt import SiteAdaptationResult
     from medcls.site.calibrate import SiteCalibrationResult
+    from medcls.stress.result import StressResult
     from medcls.training.calibrate import Calibration
 
 
@@ -88,9 +89,12 @@ def adapt(model: str | Path, data: str | Path, out: str | Path | None = None,
 
 def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
              bootstrap: Optional[int] = None, quiet: bool = False, ood: Sequence[str | Path] = (),
-             report: bool = True) -> EvaluationResult:
+             report: bool = True, stress: Optional[bool] = None, stress_limit: Optional[int] = None
+             ) -> EvaluationResult:
     """Evaluate a run (or checkpoint) once on its test split: ``metrics.json``, ``predictions.csv``,
-    plots and, with ``report``, ``report.html`` (whose shortcut check joins ``metrics.json``)."""
+    plots, the stress test of its validation split (``stress``, ``stress_limit`` images per class;
+    None: the run's config) and, with ``report``, ``report.html`` (whose shortcut check joins
+    ``metrics.json``)."""
     import dataclasses
 
     from medcls.core.io import atomic_write_json
@@ -98,7 +102,7 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
     from medcls.evaluation.evaluate import evaluate_model, resolve_checkpoint
     from medcls.reporting.report import write_report
 
-    result = evaluate_model(target, data_root, out_dir, bootstrap, quiet, ood)
+    result = evaluate_model(target, data_root, out_dir, bootstrap, quiet, ood, stress, stress_limit)
     if report:
         run = resolve_checkpoint(target)[1]
         out = Path(out_dir) if out_dir else run
@@ -107,6 +111,15 @@ def evaluate(target: str | Path, data_root: str | Path | None = None, out_dir: s
         result = dataclasses.replace(result, shortcut_check=shortcut)
         atomic_write_json(out / "metrics.json", result.to_dict())
     return result
+
+
+def stress(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
+           limit: Optional[int] = None, seed: int = 0, quiet: bool = False) -> StressResult:
+    """Replay a run's validation split under the perturbations a new site brings (``limit`` images
+    per class; None: the run's ``eval.stress_limit``, 0: all): ``stress/`` and ``shortcut_score.json``."""
+    from medcls.stress.run import stress_run
+
+    return stress_run(target, data_root, out_dir, limit, seed, quiet)
 
 
 def predict(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None,

@@ -148,8 +148,19 @@ def cmd_evaluate(args) -> int:
 
     _tune_process()
     show_evaluation(evaluate(args.target, data_root=args.data, out_dir=args.out, bootstrap=args.bootstrap,
-                             ood=args.ood or ()))
+                             ood=args.ood or (), stress=args.stress, stress_limit=args.stress_limit))
     print(f"evaluation written to {args.out or resolve_checkpoint(args.target)[1]}/")
+    return 0
+
+
+def cmd_stress(args) -> int:
+    from medcls.api import stress
+    from medcls.console import show_stress
+    from medcls.evaluation.evaluate import resolve_checkpoint
+
+    _tune_process()
+    show_stress(stress(args.run, data_root=args.data, out_dir=args.out, limit=args.limit, seed=args.seed))
+    print(f"stress test written to {args.out or resolve_checkpoint(args.run)[1]}/stress/")
     return 0
 
 
@@ -327,7 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=_number(int, 0), help="bootstrap draws for the confidence intervals")
     p.add_argument("--ood", nargs="+", metavar="FOLDER",
                    help="folders of foreign images: fraction flagged out-of-distribution and OOD AUROC vs test")
+    p.add_argument("--stress", action=argparse.BooleanOptionalAction,
+                   help="replay the validation split under perturbations (default: the run's eval.stress)")
+    p.add_argument("--stress-limit", type=int, metavar="N",
+                   help="validation images per class for the stress test (0: all; default: eval.stress_limit)")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("stress", help="replay a run's validation split under the perturbations a new site "
+                                      "brings (zoom, exposure, blur, markers, ...): what the model leans on")
+    p.add_argument("run", help="run folder or model.pt")
+    p.add_argument("--data", help="data folder, if it moved since training")
+    p.add_argument("--out", help="output folder (default: the run folder)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="validation images per class (0: all; default: the run's eval.stress_limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of random perturbations")
+    p.set_defaults(fn=cmd_stress)
 
     p = sub.add_parser("predict", help="predict image files or folders (searched recursively)")
     p.add_argument("paths", nargs="+", help="image files or folders")

@@ -19,6 +19,7 @@ from medcls.evaluation.compare import column_label, format_value
 from medcls.evaluation.result import EvaluationResult
 from medcls.evaluation.verdict import verdict
 from medcls.metrics.classification import metric_name
+from medcls.stress.result import StressResult
 
 if TYPE_CHECKING:
     from medcls.site.adapt import SiteAdaptationResult
@@ -99,6 +100,8 @@ def show_evaluation(result: EvaluationResult) -> None:
     console.print(table)
     if result.ood is not None:
         show_ood(result.ood)
+    if result.stress is not None:
+        show_stress(result.stress)
     judged = verdict(result)
     console.print(judged.headline)
     for warning in judged.warnings:
@@ -252,3 +255,26 @@ def show_comparison(rows: Sequence[dict], out: Console | None = None) -> None:
     for col in cols[1:]:
         tall.add_row(column_label(col), *(format_value(row[col], col) for row in rows))
     out.print(tall)
+
+
+def show_stress(result: StressResult) -> None:
+    """Per perturbation the worst validation AUC and each class's largest flip rate, then the shortcut score."""
+    base = result.baseline
+    table = Table(title=f"Stress test: {result.n_images} {result.split} images under perturbations "
+                        f"(unperturbed AUC {base.auc:.4f}, accuracy {base.accuracy:.4f})")
+    table.add_column("perturbation")
+    table.add_column("worst AUC", justify="right")
+    table.add_column("worst accuracy", justify="right")
+    for name in result.classes:
+        table.add_column(f"{name} flipped (most)", justify="right")
+    for curve in result.curves:
+        worst = min(curve.points, key=lambda p: p.auc if p.auc == p.auc else 2.0)
+        cells = [f"{worst.auc:.4f} @ {worst.strength:g}", f"{min(p.accuracy for p in curve.points):.4f}"]
+        for name in result.classes:
+            most = max(curve.points, key=lambda p: p.flip.get(name, 0.0))
+            cells.append(f"{most.flip.get(name, float('nan')):.1%} @ {most.strength:g}")
+        table.add_row(curve.name, *cells)
+    console.print(table)
+    s = result.score
+    console.print(f"shortcut score (validation): worst AUC {s.worst_auc:.4f} ({s.worst_auc_at}); "
+                  f"{s.zoom_flip_class} flipped by a 70% crop {s.zoom_flip:.1%}")

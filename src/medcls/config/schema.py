@@ -72,6 +72,12 @@ class AugmentConfig:
     brightness: float = 0.1  # +/- added, on [0, 1] intensities
     contrast: float = 0.1  # +/- relative
     hflip: bool = False  # off for X-rays: anatomy is not left-right symmetric
+    # switches against shortcuts (medcls stress measures them; benchmarks/stress_switches.py compares them):
+    crop_scale: float = 1.0  # random resized crops: smallest area share kept (e.g. 0.36: down to 60% a side); 1 = off
+    crop_aspect: float = 0.0  # aspect jitter of those crops: ratio within 1/(1+a)..1+a; 0 = off
+    gamma: float = 0.0  # gamma 2**u, u within +/-gamma (exposure curve of another site); 0 = off
+    border: float = 0.0  # probability of a black border band up to 15% of the side (collimation); 0 = off
+    erase: float = 0.0  # probability of one black or white cut-out (burned-in letters, markers); 0 = off
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
 
 
@@ -138,6 +144,9 @@ class EvalConfig:
     ood_flag_rate: float = 0.05  # fraction of in-distribution (validation) images the OOD flag may reject
     # fit the OOD Gaussians on augmented copies of the training images too (the training augmentation)
     ood_augmented: bool = False
+    # stress validation (medcls.stress) in `medcls evaluate`: the validation split replayed under perturbations
+    stress: bool = True
+    stress_limit: Optional[int] = 32  # validation images per class (seeded subset; None: all) for evaluate and stress
 
 
 @dataclass
@@ -193,12 +202,18 @@ _RANGES = {
     ("eval", "target_sensitivity"): (0.0, 1.0),
     ("eval", "fixed_threshold"): (0.0, 1.0),
     ("eval", "ood_flag_rate"): (0.001, 0.5),
+    ("eval", "stress_limit"): (1, 1 << 40),
     ("augment", "zoom"): (0.0, 0.9),
     ("augment", "shift"): (0.0, 0.9),
     ("augment", "rotation"): (0.0, 180.0),
     ("augment", "brightness"): (0.0, 1.0),
     ("augment", "contrast"): (0.0, 1.0),
     ("augment", "mixup"): (0.0, 10.0),
+    ("augment", "crop_scale"): (0.05, 1.0),
+    ("augment", "crop_aspect"): (0.0, 2.0),
+    ("augment", "gamma"): (0.0, 2.0),
+    ("augment", "border"): (0.0, 1.0),
+    ("augment", "erase"): (0.0, 1.0),
 }
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import yaml
 
-# val_auc (the best epoch's validation AUC) is what model choice may look at; the rest is test.
-COLUMNS = ["run", "arch", "size", "params_m", "epochs", "device", "fit_min", "img_per_s", "val_auc", "accuracy",
+# val_auc (the best epoch's validation AUC) and the shortcut score on stressed validation
+# (stress_auc: worst AUC under the perturbations, zoom_flip: first class flipped by a 70% crop;
+# medcls.stress.score) are what model choice may look at; the rest is test.
+COLUMNS = ["run", "arch", "size", "params_m", "epochs", "device", "fit_min", "img_per_s", "val_auc", "stress_auc",
+           "zoom_flip", "accuracy",
            "recall", "specificity", "f1", "roc_auc", "qwk", "macro_f1", "ece"]
 
 
@@ -21,6 +24,7 @@ def run_row(run: str | Path) -> dict:
     run = Path(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     training, metrics = _read(run / "training.json"), _read(run / "metrics.json")
+    shortcut = _read(run / "shortcut_score.json")
     m = metrics.get("metrics", {})
     row = {
         "run": run.name, "arch": cfg.get("model", {}).get("arch"), "size": cfg.get("data", {}).get("image_size"),
@@ -29,6 +33,7 @@ def run_row(run: str | Path) -> dict:
         "fit_min": round(training["fit_seconds"] / 60, 3) if "fit_seconds" in training else None,
         "img_per_s": training.get("mean_images_per_s"), "device": training.get("device"),
         "val_auc": training.get("best_epoch_score") if training.get("monitor") == "val_auc" else None,
+        "stress_auc": shortcut.get("worst_auc"), "zoom_flip": shortcut.get("zoom_flip"),
         "ece": metrics.get("calibration", {}).get("ece"),
     }
     row.update({k: m.get(k) for k in COLUMNS if k in m})

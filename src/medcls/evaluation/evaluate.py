@@ -13,9 +13,6 @@ from sklearn.metrics import confusion_matrix
 
 from medcls.config import config_from_dict
 from medcls.core.io import atomic_write_json
-from medcls.data.fingerprint import split_fingerprint
-from medcls.data.prepared import PreparedData, prepare_data
-from medcls.data.split import split_digest
 from medcls.evaluation import plots
 from medcls.evaluation.result import CalibrationSummary, EvaluationResult
 from medcls.inference.predictor import (
@@ -24,74 +21,28 @@ from medcls.inference.predictor import (
     prediction_rows,
     write_predictions,
 )
+from medcls.inference.saved_run import EvaluationError, checkpoint_data, resolve_checkpoint, score
 from medcls.metrics.calibration import expected_calibration_error, nll
-from medcls.metrics.classification import (
-    binary_metrics,
-    bootstrap_ci,
-    multiclass_metrics,
-    per_class_table,
-)
-from medcls.models.checkpoint import ModelInfo, load_checkpoint
+from medcls.metrics.classification import bootstrap_ci, per_class_table
+from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import logits_to_probs
 from medcls.ood.evaluation import evaluate_ood
+from medcls.stress.run import images_per_class, stress_split
 
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(ValueError):
-    """Evaluation cannot be done honestly (e.g. the test split differs from the model's)."""
-
-
-def referable_index(info: ModelInfo) -> int | None:
-    """For ordinal grades, the first "referable" grade (from the data set definition)."""
-    ref = info.referable_from
-    return info.classes.index(ref) if ref in info.classes else None
-
-
-def score(y: np.ndarray, probs: np.ndarray, info: ModelInfo) -> dict:
-    """The headline metrics of ``probs`` against ``y`` for this model's task."""
-    if info.binary:
-        return binary_metrics(y, probs[:, 1], info.threshold)
-    return multiclass_metrics(y, probs, info.ordinal, referable_index(info), decide(probs, info))
-
-
-def resolve_checkpoint(target: str | Path) -> tuple[Path, Path]:
-    """``RUN_DIR`` or ``CHECKPOINT`` -> (checkpoint path, run folder)."""
-    target = Path(target)
-    ckpt = target / "model.pt" if target.is_dir() else target
-    return ckpt, ckpt.parent
-
-
-def checkpoint_data(ckpt: Path, info: ModelInfo, data_root: str | Path | None = None,
-                    quiet: bool = False) -> PreparedData:
-    """The data a checkpoint was trained on, split as its run's ``manifest.csv`` froze it
-    (if present), at the model's size and colour mode; refuses a test split whose files,
-    labels or contents differ from those recorded in the checkpoint."""
-    cfg = config_from_dict(info.config)
-    data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
-    if data_root is not None:
-        data_cfg.root = str(data_root)
-    manifest = ckpt.parent / "manifest.csv"
-    data = prepare_data(data_cfg, manifest if manifest.is_file() else None, quiet=quiet)
-    digest = split_digest(data.index, data.splits, "test")
-    if info.test_digest and digest != info.test_digest:
-        raise EvaluationError(f"the test split found in {data.index.root} does not match the one recorded in {ckpt} "
-                              f"(files or labels differ); refusing to report numbers on a different test set")
-    if info.test_fingerprint and split_fingerprint(data.index, data.splits["test"]) != info.test_fingerprint:
-        raise EvaluationError(f"the test images in {data.index.root} have the names and labels recorded in {ckpt} "
-                              f"but different content (data fingerprint); refusing to report numbers on changed images")
-    return data
-
-
 def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_dir: str | Path | None = None,
-                   bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = ()
-                   ) -> EvaluationResult:
+                   bootstrap: int | None = None, quiet: bool = False, ood: Sequence[str | Path] = (),
+                   stress: bool | None = None, stress_limit: int | None = None) -> EvaluationResult:
     """Evaluate the model in ``target`` (run folder or checkpoint) on its test split.
 
     Writes ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir`` (default:
     the run folder) and returns the result (:func:`medcls.api.evaluate` adds the report). ``ood``: folders
     of foreign images, reported with the fraction flagged out-of-distribution and the
-    OOD AUROC against the test split. ``quiet``: no progress bars.
+    OOD AUROC against the test split. ``stress``: also replay the validation split under the
+    perturbations of :mod:`medcls.stress` (``stress_limit`` images per class; None for either:
+    the run's ``eval.stress`` / ``eval.stress_limit``; 0: all). ``quiet``: no progress bars.
     """
     ckpt, run = resolve_checkpoint(target)
     net, info = load_checkpoint(ckpt)
@@ -136,5 +87,8 @@ def evaluate_model(target: str | Path, data_root: str | Path | None = None, out_
     plots.plot_pr(y, probs, info.classes, out / "pr.png")
     plots.plot_reliability(y, probs, out / "reliability.png")
     plots.plot_training_curves(run / "metrics.csv", out / "training_curves.png")
+    if cfg.eval.stress if stress is None else stress:
+        limit = images_per_class(cfg.eval.stress_limit, stress_limit)
+        result = dataclasses.replace(result, stress=stress_split(predictor, data, out, limit, quiet=quiet))
     atomic_write_json(out / "metrics.json", result.to_dict())
     return result

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from medcls.stress.result import StressResult
+
 
 @dataclass(frozen=True)
 class CalibrationSummary:
@@ -22,7 +24,8 @@ class CalibrationSummary:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Test-split metrics with bootstrap CIs, calibration and the optional OOD and shortcut sections."""
+    """Test-split metrics with bootstrap CIs, calibration and the optional OOD, shortcut and
+    stress sections (the stress section is measured on validation, never on test)."""
 
     n_test: int
     classes: list[str]
@@ -38,17 +41,20 @@ class EvaluationResult:
     checkpoint: str = ""
     ood: Optional[dict[str, Any]] = None
     shortcut_check: Optional[dict[str, Any]] = None
+    stress: Optional[StressResult] = None  # the validation split under perturbations (medcls.stress)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (sections that were not computed are left out)."""
         out = dataclasses.asdict(self)
-        return {k: v for k, v in out.items() if not (k in ("ood", "shortcut_check") and v is None)}
+        return {k: v for k, v in out.items() if not (k in ("ood", "shortcut_check", "stress") and v is None)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationResult":
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["calibration"] = CalibrationSummary(**data["calibration"])
+        if data.get("stress") is not None:
+            values["stress"] = StressResult.from_dict(data["stress"])
         return cls(**values)
 
     @classmethod

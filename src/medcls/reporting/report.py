@@ -1,8 +1,9 @@
 """One self-contained HTML report of an evaluated run (images embedded as data
 URIs, no network needed): data and split, training curves, test metrics with
 confidence intervals, confusion matrix, ROC and PR curves, reliability, per-class
-table, operating point, the most confident errors with Grad-CAM overlays, the
-shortcut check and the run's config. Also written: ``report.json`` (the shortcut
+table, operating point, the stress test of the validation split (metrics under each
+perturbation), the most confident errors with Grad-CAM overlays, the shortcut check and
+the run's config. Also written: ``report.json`` (the shortcut
 check and the errors shown) and the full-size overlays under ``gradcam/``."""
 
 from __future__ import annotations
@@ -225,6 +226,9 @@ def write_report(run: str | Path, eval_dir: str | Path | None = None, metrics: d
         inspection=_json(run / "inspection" / "inspection.json"), splits=manifest_stats(run / "manifest.csv"),
         plots={name: file_uri(out / f"{name}.png")
                for name in ("training_curves", "confusion_matrix", "roc", "pr", "reliability")},
+        stress=metrics.get("stress"),
+        stress_plots={c["name"]: file_uri(out / "stress" / f"{c['name']}.png")
+                      for c in (metrics.get("stress") or {}).get("curves", [])},
         errors=errors, shortcut=shortcut, shortcut_cards=shortcut_cards, method_label=METHOD_LABELS[method],
         config_text=config_file.read_text() if config_file.is_file() else json.dumps(info.config, indent=2),
     )
