@@ -66,7 +66,8 @@ def test_compile_refuses_onnx_files(trained_onnx, xray_root, capsys):
 def test_service_with_compiled_model(trained_run, xray_root):
     threads = torch.get_num_threads()
     try:
-        with TestClient(load_app(trained_run, compile=True)) as client:  # the warm-up compiles batch 1
+        # a loopback Host (the service refuses others, against DNS rebinding); the warm-up compiles batch 1
+        with TestClient(load_app(trained_run, compile=True), base_url="http://127.0.0.1") as client:
             assert client.get("/v1/model").json()["backend"] == "pytorch-compiled"
             image = _files(xray_root, 1)[0]
             res = client.post("/v1/predict", files=[("file", (image.name, image.read_bytes(), "image/jpeg"))])
