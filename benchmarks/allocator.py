@@ -10,14 +10,13 @@ Writes ``benchmarks/results/allocator.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+from common import RESULTS, write_json  # noqa: E402
 
 FAULTS = """
 import resource, sys, torch
@@ -46,10 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [{mode: faults(mode) for mode in ("on", "off")} for _ in range(args.repeats)]  # side by side
     result = {"machine": platform.platform(), "allocations": 20, "tensor_mb": 64, "runs": runs,
               "ratio_off_over_on": [round(r["off"] / max(r["on"], 1), 1) for r in runs]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "allocator.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_json(args.out, "allocator", result)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,16 @@ def steady(rates: list[float]) -> float:
     return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
 
 
+def write_json(out: Path, name: str, result: dict) -> dict:
+    """``out/NAME.json`` (the folder made if needed), also printed; returns ``result``."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def write_results(name: str, result: dict, markdown: str) -> None:
     """``benchmarks/results/NAME.json`` and ``NAME.md``; the Markdown is printed too."""
     import json

@@ -9,7 +9,6 @@ Writes ``benchmarks/results/finetune_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+from common import RESULTS, write_json  # noqa: E402
 
 
 def images_per_s(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -72,10 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
               "arch": args.arch, "pretrained": "imagenet", "image_size": args.size, "batch": args.batch,
               "steps_per_round": args.steps, "rounds": rounds,
               "bf16_over_fp32_channels_last": [round(r["bf16_channels_last"] / r["fp32_channels_last"], 2) for r in rounds]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "finetune_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_json(args.out, "finetune_speed", result)
 
 
 if __name__ == "__main__":
