@@ -142,3 +142,41 @@ def test_fine_tuning_run_warms_up_the_head_and_records_its_weights(tmp_path, xra
     lr = cfg.train.lr
     assert set(groups) == {(lr, 0.0), (lr, 0.01), (lr * 0.1, 0.0), (lr * 0.1, 0.01)}
     assert groups[(lr, 0.01)] == 1 and groups[(lr, 0.0)] == 1  # the head: its weight, its bias
+
+
+def test_pretrained_batchnorm_keeps_its_statistics_while_frozen():
+    """Head warm-up freezes the pretrained tensors, the BatchNorm statistics among them: a training
+    step leaves them as loaded (re-estimated on fundus batches they gave worse features); after the
+    warm-up they are re-estimated again, unless train.freeze_bn keeps them for the whole fine-tune."""
+    from medcls.training.module import LitClassifier
+
+    def module(*overrides: str) -> LitClassifier:
+        cfg = load_config("retinopathy-lite0", list(overrides))
+        net = build_model("efficientnet_lite0", 3, 5, 64)
+        record = load_pretrained(net.backbone, "efficientnet_lite0", "imagenet")
+        return LitClassifier(net, 5, cfg.train, cfg.augment, [1] * 5,
+                             pretrained=frozenset(f"backbone.{k}" for k in record.loaded)).train()
+
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for overrides, kept in ((["train.head_warmup_epochs=1", "train.freeze_bn=false"], True),
+                            (["train.head_warmup_epochs=0", "train.freeze_bn=true"], True),
+                            (["train.head_warmup_epochs=0", "train.freeze_bn=false"], False)):
+        m = module(*overrides)
+        bn = m.net.backbone.bn1
+        before = bn.running_mean.clone()
+        m(x)
+        assert m.training and m.net.backbone.classifier.training  # the fresh head (its dropout) trains
+        assert (not bn.training) == kept and torch.equal(bn.running_mean, before) == kept, overrides
+        m.eval()
+        assert not bn.training  # evaluation as ever
+
+
+def test_fresh_head_starts_at_zero_logits():
+    """The task's fresh output layer is zeroed: every class starts at probability 1/K, the loss at
+    log K (timm's own initialisation put 3-6 nats on the pretrained features)."""
+    net = build_model("efficientnet_lite0", 3, 5, 64)
+    load_pretrained(net.backbone, "efficientnet_lite0", "imagenet")
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), torch.zeros(3, 5))
+    assert net.backbone.conv_head.weight.abs().sum() > 0  # the pretrained layers are untouched

@@ -120,6 +120,9 @@ class TrainConfig:
     head_warmup_epochs: int = 0  # fine-tuning: first epochs train only the fresh head (pretrained tensors frozen)
     backbone_lr_scale: float = 1.0  # fine-tuning: learning rate of the pretrained tensors relative to train.lr
     no_decay_norm_bias: bool = False  # no weight decay on norms and biases (the 1-D tensors)
+    # fine-tuning: pretrained BatchNorm layers keep the weights' running statistics (their scale and shift
+    # still learn); during head warm-up they are kept anyway
+    freeze_bn: bool = False
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: int = 0
     threads: Optional[int] = None  # torch intra-op threads; None = torch's choice

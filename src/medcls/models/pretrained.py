@@ -163,11 +163,27 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _zero_fresh_head(backbone: nn.Module, fresh: set[str]) -> None:
+    """Zero the last linear layer (the task's output) if it is fresh: its logits start at 0, the loss
+    at log K. Initialised as for training from scratch (timm's EfficientNet heads draw from
+    +/-1/sqrt(outputs): +/-0.45 for 5 grades) it put 3-6 nats of loss on the pretrained features,
+    which the head warm-up's small steps did not undo, and left the fine-tuned network over-confident.
+    Only the last: zeroed layers before it would get no gradient."""
+    name, last = next(((n, m) for n, m in reversed(list(backbone.named_modules())) if isinstance(m, nn.Linear)),
+                      ("", None))
+    if last is not None and f"{name}.weight" in fresh:
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+
+
 def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> PretrainedRecord:
     """Load the weights ``pretrained`` names (``imagenet`` or a file) into ``backbone`` in place.
 
     The first convolution of a one-channel network gets the RGB kernels summed; tensors whose shape
-    does not fit stay fresh (a new head for the task). Refuses weights of which nothing fits.
+    does not fit stay fresh (a new head for the task, its output layer zeroed). Refuses weights of
+    which nothing fits.
     """
     source = resolve_source(arch, pretrained)
     sd = source.convert(_read_state_dict(source.path), backbone)
@@ -187,6 +203,7 @@ def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> Pretrain
         raise PretrainedWeightsError(f"{source.path}: none of its tensors fit {arch} (is it the weights of another network?)")
     backbone.load_state_dict(loaded, strict=False)
     fresh = [k for k in own if k not in loaded]
+    _zero_fresh_head(backbone, set(fresh))
     log.info("pretrained %s: %d tensors from %s (%s), %d fresh%s", arch, len(loaded), source.path.name,
              source.origin, len(fresh), ", first convolution summed to one channel" if summed else "")
     return PretrainedRecord(source=pretrained, origin=source.origin, sha256=file_sha256(source.path), mean=source.mean,

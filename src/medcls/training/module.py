@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from torch import nn
 
 from medcls.config import AugmentConfig, TrainConfig
 from medcls.data.augment import BatchAugment
@@ -97,13 +98,30 @@ class LitClassifier(pl.LightningModule):
             self.val_qwk(scores, y)
             self.log("val_qwk", self.val_qwk, on_epoch=True, prog_bar=True, batch_size=len(y))
 
+    def _head_only(self) -> bool:
+        """Whether this epoch is a head warm-up one (the pretrained tensors frozen)."""
+        return bool(self.pretrained) and self.current_epoch < self.cfg.head_warmup_epochs
+
     def on_train_epoch_start(self) -> None:
         if self.cfg.head_warmup_epochs and self.pretrained:
             # the fresh head learns first, so its random gradients do not wreck the pretrained features
-            train_all = self.current_epoch >= self.cfg.head_warmup_epochs
+            train_all = not self._head_only()
             for name, p in self.net.named_parameters():
                 if name in self.pretrained:
                     p.requires_grad_(train_all)
+            self.train(self.training)  # the norms' mode follows the epoch
+
+    def train(self, mode: bool = True):
+        """Training mode, except for the pretrained BatchNorm layers while they are frozen (head warm-up)
+        or kept (``train.freeze_bn``): they normalise with the weights' running statistics instead of
+        re-estimating them on the batches. Their statistics are pretrained tensors too: re-estimated on
+        fundus batches they gave worse frozen features (benchmarks/retinopathy.md)."""
+        super().train(mode)
+        if mode and self.pretrained and (self.cfg.freeze_bn or self._head_only()):
+            for name, m in self.net.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in self.pretrained:
+                    m.eval()
+        return self
 
     def param_groups(self) -> list[dict]:
         """Parameter groups: pretrained tensors at ``lr * backbone_lr_scale`` (discriminative learning
