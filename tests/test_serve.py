@@ -422,3 +422,35 @@ def test_web_page_shows_the_heat_map_of_a_checkpoint(trained_run):
             assert "where the model looked" in page.inner_text("#heatmap-figure")
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_service_and_page_grade_a_fundus_photograph_with_the_retinopathy_model():
+    """``medcls serve --model retinopathy``: the card shows five grades and the cut-points, an answer
+    has a probability per grade, and the page shows five bars and the expected grade it was cut from."""
+    from playwright.sync_api import sync_playwright
+
+    from conftest import FUNDUS
+    from medcls.data.datasets import RETINOPATHY_GRADES
+
+    image = sorted((FUNDUS / "Moderate DR").iterdir())[0]
+    with thread_server(load_app("retinopathy")) as c:
+        card = c.get("/v1/model").json()
+        assert card["classes"] == RETINOPATHY_GRADES and card["ordinal"] and len(card["cutpoints"]) == 4
+        got = post(c, (image.name, image.read_bytes(), "image/jpeg")).json()["predictions"][0]
+        assert list(got["probabilities"]) == RETINOPATHY_GRADES and got["class"] in RETINOPATHY_GRADES
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+            try:
+                page = browser.new_page()
+                page.goto(str(c.base_url))
+                wait_in_page(page, "document.getElementById('model').textContent.startsWith('model ')")
+                assert "classes: Healthy, Mild DR, Moderate DR, Severe DR, Proliferate DR" in page.inner_text("#model")
+                page.set_input_files("#file", str(image))
+                wait_in_page(page, "document.getElementById('result-class').textContent !== ''")
+                assert page.inner_text("#result-class").startswith(got["class"])
+                assert page.locator(".bar").count() == 5
+                expected = sum(k * got["probabilities"][g] for k, g in enumerate(RETINOPATHY_GRADES))
+                assert f"expected grade {expected:.2f}" in page.inner_text("#result-text")
+            finally:
+                browser.close()

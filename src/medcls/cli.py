@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medcls.assets import DEFAULT_MODEL, SHIPPED
 from medcls.core.version import __version__
 
 EXIT_USER_ERROR = 2
 COMPILE_HELP = ("PyTorch checkpoints: compile with TorchInductor, bf16 weights where the CPU has bf16 "
                 "(measured 1.2-3x ONNX Runtime's images/s on a bf16 CPU; compiling takes seconds)")
 
+SHIPPED_NAMES = ", ".join(SHIPPED)
 DATASET_HELP = "registered data set name (default: the one the folder's class folders fit)"
 
 
@@ -356,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict image files or folders (searched recursively)")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--model", "-m", help="checkpoint (model.pt) or run folder (default: the shipped model)")
+    p.add_argument("--model", "-m", help=f"checkpoint (model.pt), run folder or a shipped model ({SHIPPED_NAMES}; "
+                                         f"default: {DEFAULT_MODEL})")
     p.add_argument("--out", "-o", help="write predictions to FILE.csv or FILE.json")
     p.add_argument("--explain", metavar="OUT_DIR", help="also write a heat-map overlay PNG per image into OUT_DIR")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
@@ -375,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("serve", help="web service and page for a model (checkpoint or .onnx)")
-    p.add_argument("--model", "-m", help="checkpoint (model.pt), run folder or exported .onnx "
-                                         "(default: the shipped model)")
+    p.add_argument("--model", "-m", help=f"checkpoint (model.pt), run folder, exported .onnx or a shipped model "
+                                         f"({SHIPPED_NAMES}; default: {DEFAULT_MODEL})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--max-upload-mb", type=_number(float, 0.001), default=20, help="largest accepted request body")

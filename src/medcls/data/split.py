@@ -126,6 +126,17 @@ def manifest_text(index: DatasetIndex, splits: Splits) -> str:
     return buf.getvalue()
 
 
+def split_table(index: DatasetIndex, splits: Splits, split: str = "test") -> str:
+    """One split as CSV: ``path`` relative to the data root and ``label`` (the class index; for ordinal
+    grades, the grade), in the manifest's order: a frozen test split others can score on."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    for s in splits.get(split, []):
+        writer.writerow([s.path.relative_to(index.root).as_posix(), s.label])
+    return buf.getvalue()
+
+
 def split_digest(index: DatasetIndex, splits: Splits, split: str = "test") -> str:
     """SHA-256 of one split's (path, label) list: identifies a frozen test set."""
     h = hashlib.sha256()

@@ -194,15 +194,14 @@ class Explainer:
 
 
 def explainable_model(model: str | Path | None) -> Path:
-    """The checkpoint to explain: ``model`` (None: the shipped one); heat maps need the
-    network's gradients, which an exported ONNX file does not give."""
-    from medcls.assets import shipped_model
+    """The checkpoint to explain: ``model`` (None: the default shipped one; a shipped model's name);
+    heat maps need the network's gradients, which an exported ONNX file does not give."""
+    from medcls.assets import resolve_model
 
-    if model is None:
-        return shipped_model()
-    if Path(model).suffix.lower() == ".onnx":
+    path = resolve_model(model)
+    if path.suffix.lower() == ".onnx":
         raise ExplainError(f"{model}: heat maps need the .pt checkpoint (or run folder), not the exported ONNX file")
-    return Path(model)
+    return path
 
 
 def overlay_names(paths: Sequence[str | Path], method: str = DEFAULT_METHOD) -> list[str]:

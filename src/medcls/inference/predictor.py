@@ -193,9 +193,10 @@ def write_predictions(predictions: Sequence[Prediction], out: str | Path,
 
 def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, out: str | Path | None = None,
                   compile: bool = False) -> tuple[list[Prediction], dict[str, str]]:
-    """Predict image files and folders with ``model`` (checkpoint or ONNX; default: the
-    shipped model; ``compile``: bf16 TorchInductor, for many images); optionally write ``out``."""
-    from medcls.assets import shipped_model
+    """Predict image files and folders with ``model`` (checkpoint, ONNX, or a shipped model's name;
+    default: the shipped chest X-ray model; ``compile``: bf16 TorchInductor, for many images);
+    optionally write ``out``."""
+    from medcls.assets import resolve_model
 
     paths = list(paths)
     files = expand_paths(paths)
@@ -205,7 +206,7 @@ def predict_files(paths: Iterable[str | Path], model: str | Path | None = None, 
     if out is not None:  # before the work, which a refused file would lose
         output_format(out)
         check_writable(out)
-    predictor = Predictor.load(model or shipped_model(), compile=compile)
+    predictor = Predictor.load(resolve_model(model), compile=compile)
     rows, errors = predictor.predict(files)
     if out is not None and rows:  # no rows: no table (not even its header) to write
         write_predictions(rows, out)

@@ -211,13 +211,30 @@ def check_digest(path: str | Path, contents: Any, recorded: Optional[str]) -> No
         raise CheckpointError(f"{path} is damaged: its contents do not match the SHA-256 recorded when it was written")
 
 
-def save_checkpoint(path: str | Path, net: torch.nn.Module, info: ModelInfo) -> Path:
-    """Write ``net``'s weights and ``info`` to ``path`` atomically, with their SHA-256."""
+def _map_tensors(obj: Any, fn) -> Any:
+    """``obj`` (nested dicts and lists) with ``fn`` applied to every tensor in it."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: str | Path, net: torch.nn.Module, info: ModelInfo, half: bool = False) -> Path:
+    """Write ``net``'s weights and ``info`` to ``path`` atomically, with their SHA-256; ``half``: the
+    floating-point tensors (weights, OOD detector) stored as float16, half the file, for a shipped
+    model; :func:`load_checkpoint` puts them back into float32."""
     from medcls.core.version import __version__
 
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu()
+        return v.half() if half and v.is_floating_point() else v
+
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "medcls_version": __version__,
-               "info": dataclasses.asdict(info),
-               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+               "info": _map_tensors(dataclasses.asdict(info), stored),
+               "state_dict": {k: stored(v) for k, v in net.state_dict().items()}}
     payload["sha256"] = content_digest({"info": payload["info"], "state_dict": payload["state_dict"]})
     atomic_torch_save(payload, path)
     return Path(path)
@@ -240,7 +257,9 @@ def load_checkpoint(path: str | Path) -> tuple[ImageClassifier, ModelInfo]:
         raise CheckpointError(f"{path} was written by a newer medcls ({payload.get('medcls_version')}); upgrade")
     check_digest(path, {"info": payload.get("info"), "state_dict": payload.get("state_dict")}, payload.get("sha256"))
     try:
-        info = ModelInfo(**upgrade_info(payload["info"]))
+        # a file written with half=True: its float16 tensors computed with in float32
+        info = ModelInfo(**_map_tensors(upgrade_info(payload["info"]),
+                                        lambda t: t.float() if t.dtype == torch.float16 else t))
         net = build_net(info)
         net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
@@ -253,4 +272,5 @@ def checkpoint_summary(info: ModelInfo) -> dict[str, Any]:
     return {"arch": info.arch, "classes": info.classes, "image_size": info.image_size,
             "color_mode": info.color_mode, "threshold": info.threshold, "threshold_rule": info.threshold_rule,
             "temperature": info.temperature, "positive_class": info.positive_class,
+            "cutpoints": info.cutpoints,  # graded models: the expected grade's cuts (None: argmax)
             "site": None if info.site is None else dataclasses.asdict(info.site)}  # medcls calibrate / adapt

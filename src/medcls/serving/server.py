@@ -34,10 +34,11 @@ def model_id(path: str | Path, arch: str) -> str:
 def load_app(model: str | Path | None = None, settings: ServiceSettings | None = None, compile: bool = False,
              security: SecuritySettings | None = None):
     """The FastAPI app serving ``model`` (``model.pt``, a run folder or an exported ``.onnx``;
-    default: the shipped model; ``compile``: a checkpoint through bf16 TorchInductor)."""
-    from medcls.assets import shipped_model
+    or a shipped model's name; default: the shipped chest X-ray model; ``compile``: a checkpoint through
+    bf16 TorchInductor)."""
+    from medcls.assets import resolve_model
 
-    model = model or shipped_model()
+    model = resolve_model(model)
     # ONNX Runtime and compiled models: single-threaded runs, one per core at a time, beat one
     # run spread over all cores for the service's single images.
     predictor = Predictor.load(model, threads=1, compile=compile)

@@ -46,6 +46,12 @@ function showResult(r) {
   const probs = Object.entries(r.probabilities);
   const shown = model && model.positive_class ? model.positive_class : r.class;
   let text = `${r.class}: p(${shown}) = ${r.probabilities[shown].toFixed(3)}`;
+  if (model && model.cutpoints) {
+    // graded models decide by the expected grade between cut-points, not by the largest bar
+    const grade = probs.reduce((sum, [, p], k) => sum + k * p, 0);
+    text = `${r.class}: expected grade ${grade.toFixed(2)} (grades 0-${probs.length - 1}; cut-points ` +
+      `${model.cutpoints.map((c) => c.toFixed(2)).join(", ")})`;
+  }
   if (r.threshold !== null) text += `, threshold ${r.threshold.toFixed(3)}`;
   if (foreign) text += " (untrusted)";
   $("result-text").textContent = text;
