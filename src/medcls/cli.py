@@ -118,6 +118,16 @@ def cmd_recalibrate(args) -> int:
     return 0
 
 
+def cmd_refit_ood(args) -> int:
+    from medcls.api import refit_ood
+
+    _tune_process()
+    ood = refit_ood(args.model, args.method, data_root=args.data, out=args.out)
+    print(f"OOD detector refitted ({ood.method}): threshold {ood.threshold:.4f} flags {ood.flag_rate:.0%} of "
+          f"validation; written to {args.out or args.model}")
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from medcls.api import calibrate
     from medcls.console import show_site_calibration
@@ -313,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder, if it moved since training")
     add_threshold_options(p, "the run's eval.threshold_rule")
     p.set_defaults(fn=cmd_recalibrate)
+
+    p = sub.add_parser("refit-ood", help="refit only a model's out-of-distribution detector on the training and "
+                                         "validation images it was trained on (weights and threshold untouched)")
+    p.add_argument("model", help="checkpoint (model.pt) or run folder")
+    p.add_argument("--method", help="the OOD score, e.g. knn-grid (default: the model's eval.ood_method)")
+    p.add_argument("--data", help="data folder, if it moved since training")
+    p.add_argument("--out", "-o", help="new model file (default: rewrite MODEL)")
+    p.set_defaults(fn=cmd_refit_ood)
 
     def site_command(name: str, what: str, data: str, suffix: str):
         p = sub.add_parser(name, help=f"{what}; writes a new model file")

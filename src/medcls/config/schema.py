@@ -173,8 +173,8 @@ _CHOICES = {
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
     ("eval", "ordinal_decision"): {"argmax", "cutpoints"},
-    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-early", "mahalanobis-penultimate", "energy",
-                             "max-logit"},
+    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-early", "mahalanobis-penultimate", "knn-grid",
+                             "energy", "max-logit"},
 }
 
 _RANGES = {

@@ -18,12 +18,13 @@ import torch
 from medcls.config import Config, EvalConfig, config_from_dict
 from medcls.core.io import atomic_write_json
 from medcls.data.prepared import PreparedData, prepare_data
+from medcls.inference.saved_run import checkpoint_data, resolve_checkpoint
 from medcls.metrics.calibration import fit_temperature
 from medcls.metrics.ordinal import fit_cutpoints
 from medcls.metrics.threshold import choose_threshold
 from medcls.models.checkpoint import ModelInfo, OODState, load_checkpoint, save_checkpoint
 from medcls.models.inference import batch_logits, logits_to_probs
-from medcls.ood.detector import fit_ood
+from medcls.ood.detector import METHODS, fit_ood
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,37 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
     log.info("calibrated %s on %d validation images: %s; temperature %.3f", run, calibration.n_val,
              calibration.threshold_reason, calibration.temperature)
     return calibration
+
+
+def refit_ood(model: str | Path, method: str | None = None, data_root: str | Path | None = None,
+              out: str | Path | None = None, quiet: bool = False) -> OODState:
+    """Refit only the out-of-distribution detector of a saved model (checkpoint or run folder) by
+    ``method`` (default: its ``eval.ood_method``) on the training and validation images it was
+    trained on (its run's frozen split, or the one its config makes; the test split is checked
+    against the recorded one, never used), flagging the model's share of validation; writes
+    ``out`` (default: the model file itself). Weights, threshold and temperature are not touched,
+    so a re-shipped network gets its detector by this one call."""
+    ckpt = resolve_checkpoint(model)[0]
+    net, info = load_checkpoint(ckpt)
+    if info.site is not None and info.site.adaptation is not None:
+        raise CalibrationError(f"{ckpt} was adapted to a site (medcls adapt): its features no longer match its "
+                               f"training images; refit the detector on the model before adapting")
+    cfg = config_from_dict(info.config)
+    cfg.eval.ood_method = method or cfg.eval.ood_method
+    if cfg.eval.ood_method not in METHODS:  # before the images are read
+        raise CalibrationError(f"unknown OOD method {cfg.eval.ood_method!r} (known: {', '.join(METHODS)})")
+    flag_rate = info.ood.flag_rate if info.ood is not None else cfg.eval.ood_flag_rate
+    data = checkpoint_data(ckpt, info, data_root, quiet=quiet)
+    if not len(data.labels["val"]):
+        raise CalibrationError(f"{ckpt}: no validation split to set the OOD threshold on")
+    ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), flag_rate,
+                  cfg.eval.ood_method, cfg.data.batch_size, info.tta,
+                  cfg.augment if cfg.eval.ood_augmented else None).to_state()
+    save_checkpoint(out if out is not None else ckpt, net, dataclasses.replace(info, ood=ood, config=cfg.to_dict()))
+    log.info("OOD detector of %s refitted (%s) on %d training and %d validation images: threshold %.4f flags %.0f%% "
+             "of validation", ckpt, ood.method, len(data.labels["train"]), len(data.labels["val"]), ood.threshold,
+             100 * flag_rate)
+    return ood
 
 
 def record_calibration(run: Path, calibration: Calibration) -> None:
