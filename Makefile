@@ -3,7 +3,7 @@ VENV ?= .venv
 CONFIG ?= configs/pneumonia-quick.yaml
 DATA ?= $(or $(MEDCLS_DATA),../shared/data/chest_xray)
 
-.PHONY: run test test-fast lint install install-test clean ship-model
+.PHONY: run test test-fast lint install install-test clean ship-model refit-shipped-ood
 
 run: $(VENV)/.installed
 	$(VENV)/bin/medcls run --config $(CONFIG) --data $(DATA)
@@ -41,3 +41,11 @@ ship-model: $(VENV)/.installed
 	$(VENV)/bin/medcls evaluate runs/shipped
 	cp runs/shipped/model.pt src/medcls/assets/pneumonia.pt
 	$(VENV)/bin/python benchmarks/shipped_card.py runs/shipped
+
+# Refit only the shipped file's OOD detector (weights, threshold and temperature untouched) and
+# refresh the card's OOD figures (a re-shipped network gets its detector from the config at training).
+ASSET := src/medcls/assets/pneumonia.pt
+refit-shipped-ood: $(VENV)/.installed
+	$(VENV)/bin/medcls refit-ood $(ASSET) --method knn-grid --data $(DATA)
+	$(VENV)/bin/medcls evaluate $(ASSET) --data $(DATA) --out runs/shipped-ood-eval --no-stress
+	$(VENV)/bin/python benchmarks/shipped_card.py $(ASSET) --ood-from runs/shipped-ood-eval

@@ -3,6 +3,10 @@ calibration, OOD flag rate, training cost, size) to ``benchmarks/results/shipped
 which MODEL_CARD.md quotes and ``tests/test_shipped_model.py`` checks the shipped file against.
 
     python benchmarks/shipped_card.py runs/shipped      # after `make ship-model` trained and evaluated it
+
+After ``medcls refit-ood`` changed only the shipped file's detector (``make refit-shipped-ood``),
+``--ood-from EVAL_DIR`` (a ``medcls evaluate`` of the shipped file) replaces the card's OOD section
+and file size and keeps the rest, which the network's run measured.
 """
 
 from __future__ import annotations
@@ -37,8 +41,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="the evaluated run folder whose model.pt is shipped")
     ap.add_argument("--command", default="make ship-model", help="the command that reproduces the run")
+    ap.add_argument("--ood-from", type=Path, metavar="EVAL_DIR",
+                    help="only refresh the OOD section and size: RUN is then the shipped file")
     args = ap.parse_args()
-    OUT.write_text(json.dumps(shipped_card(args.run, args.command), indent=2) + "\n")
+    if args.ood_from is not None:
+        card = json.loads(OUT.read_text())
+        card["ood"] = json.loads((args.ood_from / "metrics.json").read_text()).get("ood")
+        card["size_bytes"] = args.run.stat().st_size
+    else:
+        card = shipped_card(args.run, args.command)
+    OUT.write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {OUT}")
 
 
