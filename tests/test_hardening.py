@@ -509,3 +509,22 @@ def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
     first, big, small = asyncio.run(scenario())
     assert first == "first" and small == "small" and big == [f"big{i}" for i in range(16)]
     assert batches[0] == ["first"] and batches[1][0] == "small"  # ahead of big's remaining twelve
+
+
+def test_answers_say_where_their_time_went(tiny_run):
+    """Each predict, preview and heat-map answer carries its stages as a ``Server-Timing`` header
+    (what benchmarks/hostile_load.py splits latencies by): reading, waiting, decoding, the model."""
+    from medcls.serving.timing import ServerTiming, parse_server_timing
+
+    timing = ServerTiming()
+    timing.add("model", 0.0801, note="3+2")
+    timing.add("wait", 0.002)
+    assert parse_server_timing(timing.header()["Server-Timing"]) == {"model": (80.1, "3+2"), "wait": (2.0, None)}
+    with served(make_app(tiny_run, max_batch=4)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        res = c.post("/v1/predict", files=files(*[(f"{i}.png", SMALL) for i in range(6)]))
+        stages = parse_server_timing(res.headers["server-timing"])
+        assert list(stages) == ["read", "wait", "decode", "model"] and all(ms >= 0 for ms, _ in stages.values())
+        assert sum(int(n) for n in stages["model"][1].split("+")) >= 6  # the batches its images ran in
+        for path, work in (("/v1/preview", "decode"), ("/v1/heatmap", "heatmap")):
+            stages = parse_server_timing(c.post(path, files=files(("a.png", SMALL))).headers["server-timing"])
+            assert list(stages) == ["read", "wait", work], path
