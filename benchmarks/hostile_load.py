@@ -7,8 +7,12 @@ Bounded in time (--quiet / --hostile seconds) and count (--max-requests per clie
 
 Starts `medcls serve` itself (a PyTorch checkpoint: heat maps need one; default: the shipped
 model) on a free 127.0.0.1 port, samples its resident memory every 50 ms, and writes
-benchmarks/results/hostile_load.json. Targets (issue #20): the normal clients' p95 within 2x of
-their quiet p95, no 5xx for them, server RSS under 2 GB throughout and after."""
+benchmarks/results/hostile_load.json: latencies, the server's stages for them (its
+``Server-Timing``: read, wait, decode, model with the batch sizes, heavy-pool work), its CPU
+seconds by thread priority (the heavy pool runs at a lower one) and the machine's load average
+before, between and after the phases. Run it niced on a shared machine (`nice -n 10`): the two
+phases of one run are measured side by side, compare their ratio. Targets (issue #20): the normal
+clients' p95 within 2x of their quiet p95, no 5xx for them, server RSS under 2 GB throughout and after."""
 
 from __future__ import annotations
 
@@ -212,7 +216,7 @@ def main() -> None:
     from medcls.core.io import atomic_write_json
 
     model = Path(args.model) if args.model else shipped_model()
-    xray, large = Path(args.image).read_bytes(), large_png()
+    xray, large, load_before = Path(args.image).read_bytes(), large_png(), os.getloadavg()
     with running_server(model, 8) as (url, pid), MemoryWatch(pid) as memory:
         idle_mb, cpu_before, quiet_started = rss_mb(pid), thread_cpu(pid), time.monotonic()
         quiet = asyncio.run(normal_clients(url, xray, args.clients, time.perf_counter() + args.quiet,
@@ -233,7 +237,8 @@ def main() -> None:
                    "after": round(after_mb, 1)},
         "server_cpu_seconds": {"quiet": cpu_by_priority(cpu_before, cpu_quiet, started - quiet_started),
                                "hostile": cpu_by_priority(cpu_quiet, cpu_hostile, ended - started)},
-        "hostile_seconds": round(ended - started, 1), "load_average_after_quiet": load_quiet,
+        "hostile_seconds": round(ended - started, 1), "load_average_before": load_before,
+        "load_average_after_quiet": load_quiet,
         "load_average_after": os.getloadavg(),
         "targets": {"normal_p95_ratio": round(h95 / q95, 2), "normal_p95_within_2x": h95 <= 2 * q95,
                     "normal_5xx": normal_5xx, "rss_under_2gb": max(memory.peak(), after_mb) < 2048},

@@ -8,9 +8,11 @@ probabilities, the threshold, the model id and the latency; ``GET /healthz``,
 ``/openapi.json`` and the web page at ``/``. Every bad input gets a 4xx JSON ``{"detail": ...}``
 naming the problem; images are decoded in the model's worker threads and concurrent
 requests share model batches (:class:`MicroBatcher`). Under load the service bounds its
-work: a per-request pixel budget, a few threads for previews and heat maps, a bounded
-line for the model (503 with ``Retry-After`` beyond), work cancelled when a client
-leaves, and security headers, a Host check and an optional API key (:mod:`.security`)."""
+work: a per-request pixel budget, one low-priority thread for previews, heat maps and large
+images, a bounded line for the model (503 with ``Retry-After`` beyond) that serves small
+requests first, work cancelled when a client leaves, and security headers, a Host check and
+an optional API key (:mod:`.security`). Each answer says where its time went (``Server-Timing``,
+:mod:`.timing`)."""
 
 from __future__ import annotations
 
@@ -61,10 +63,13 @@ ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 # the same either way, and batches of 8 lowered the service's throughput. Compiled
 # models ("pytorch-compiled") run single-threaded like ONNX Runtime: no batching.
 AUTO_BATCH = {"pytorch": 8, "onnxruntime": 1}
-# Previews and heat maps: one at a time, four more waiting: a 9000 x 9000 PNG keeps a core busy for
-# about a second, and the other cores stay with the predictions. A large image (over
-# SHRINK_ABOVE pixels, hundreds of MB while decoding) is decoded by one thread at a time, on any endpoint.
-HEAVY_WORKERS, HEAVY_WAITING = 1, 4
+# Previews, heat maps and the decoding of large images (over SHRINK_ABOVE pixels, hundreds of MB
+# while decoding; for /v1/predict too, so that they do not hold up the model's batches): one at
+# a time, four more waiting: a 9000 x 9000 PNG keeps a core busy for about a second.
+# The heavy thread runs 10 nice levels below the service (CFS: about a tenth of a contended core):
+# measured under benchmarks/hostile_load.py, at the same priority it took as much CPU as the
+# model's batches and made each of them about 2x slower.
+HEAVY_WORKERS, HEAVY_WAITING, HEAVY_NICE = 1, 4, 10
 
 
 @dataclass
@@ -164,14 +169,16 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
     return uploads
 
 
-def check_pixels(uploads: list[tuple[str, bytes]], max_pixels: int) -> None:
-    """A 413 if the images' headers declare more than ``max_pixels`` in all (checked before decoding)."""
+def check_pixels(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[int]:
+    """Each image's pixels as its header declares them (0: unknown); a 413 if more than
+    ``max_pixels`` in all (checked before decoding)."""
     sizes = [(name, image_pixels(data) or 0) for name, data in uploads]
     total = sum(n for _, n in sizes)
     if total > max_pixels:
         largest = max(sizes, key=lambda s: s[1])
         raise HTTPException(413, f"too many pixels: {total / 1e6:.1f} MP in one request (largest: {largest[0]}, "
                                  f"{largest[1] / 1e6:.1f} MP), the limit is {max_pixels / 1e6:g} MP")
+    return [n for _, n in sizes]
 
 
 def unreadable(name: str, exc: ImageLoadError) -> HTTPException:
@@ -212,26 +219,22 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     ``security``: API key and allowed host names (default: none, loopback names)."""
     settings = settings or ServiceSettings()
     explain_lock = threading.Lock()  # Grad-CAM hooks one network: one explanation at a time
-    large_decode = threading.Lock()  # one image over SHRINK_ABOVE pixels decoded at a time
-    heavy = WorkerPool(HEAVY_WORKERS, HEAVY_WAITING)
+    heavy = WorkerPool(HEAVY_WORKERS, HEAVY_WAITING, nice=HEAVY_NICE)
     if settings.max_batch is None:
         settings = replace(settings, max_batch=AUTO_BATCH.get(predictor.backend.name, 1))
     info = predictor.info
 
     def run_uploads(items: list[tuple[str, bytes]]) -> list:
-        """Decode and predict uploads in the batch worker (one thread hop per image): a
+        """Decode (but for large images, decoded on the heavy pool) and predict uploads in the
+        batch worker (one thread hop per image): a
         (prediction, :class:`BatchCost`) per image; an unreadable image becomes its own 422,
         the others are still predicted."""
         started = time.perf_counter()
         results: list = [None] * len(items)
         images, names, where = [], [], []
         for i, (name, data) in enumerate(items):
-            try:
-                if (image_pixels(data) or 0) > SHRINK_ABOVE:
-                    with large_decode:
-                        images.append(predictor.preprocess(data))
-                else:
-                    images.append(predictor.preprocess(data))
+            try:  # a large image comes decoded (on the heavy pool)
+                images.append(data if isinstance(data, np.ndarray) else predictor.preprocess(data))
             except ImageLoadError as exc:
                 results[i] = unreadable(name, exc)
                 continue
@@ -299,7 +302,9 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         timing = ServerTiming()
         with timing.stage("read"):
             uploads = await read_uploads(request, settings.max_files)
-            check_pixels(uploads, settings.max_pixels)
+            pixels = check_pixels(uploads, settings.max_pixels)
+        uploads = [(name, await decode(name, data, predictor.preprocess, heavy, timing, "large")
+                    if n > SHRINK_ABOVE else data) for (name, data), n in zip(uploads, pixels)]
         submitted = time.perf_counter()
         results = await batcher.submit_all(uploads)  # the first 422 fails all
         latency_ms = (time.perf_counter() - submitted) * 1000
