@@ -473,6 +473,29 @@ def test_oversized_headers_and_slow_clients_are_cut_off(tiny_run):
             assert c.get("/healthz", headers={"X-Ok": "b" * 8000}).status_code == 200
 
 
+class GatedBatches:
+    """A batcher's function that records its batches and blocks in each until ``gate`` is set."""
+
+    def __init__(self):
+        self.started, self.gate, self.batches = threading.Event(), threading.Event(), []
+
+    def __call__(self, items):
+        self.started.set()
+        self.gate.wait(60)
+        self.batches.append(items)
+        return items
+
+    async def first_running(self, batcher):
+        """Start ``batcher`` and submit "first"; returns once its batch runs (and blocks)."""
+        import asyncio
+
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first"))
+        while not self.started.is_set():
+            await asyncio.sleep(0.01)
+        return first
+
+
 def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
     """One image does not wait behind another client's sixteen; a full line refuses at once."""
     import asyncio
@@ -480,35 +503,25 @@ def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
     from medcls.serving.batching import MicroBatcher
     from medcls.serving.pool import Busy
 
-    started, gate, batches = threading.Event(), threading.Event(), []
-
-    def run(items):
-        started.set()
-        gate.wait(60)
-        batches.append(items)
-        return items
-
+    run = GatedBatches()
     async def scenario():
         batcher = MicroBatcher(run, max_batch=4, max_pending=18)
-        batcher.start()
         try:
-            first = asyncio.ensure_future(batcher.submit("first"))
-            while not started.is_set():  # the first batch ("first" alone) runs, and blocks
-                await asyncio.sleep(0.01)
+            first = await run.first_running(batcher)
             big = asyncio.ensure_future(batcher.submit_all([f"big{i}" for i in range(16)]))
             small = asyncio.ensure_future(batcher.submit("small"))
             while batcher.pending < 18:
                 await asyncio.sleep(0.01)
             with pytest.raises(Busy, match="at most 18"):
                 await batcher.submit("one too many")
-            gate.set()
+            run.gate.set()
             return await first, await big, await small
         finally:
             await batcher.stop()
 
     first, big, small = asyncio.run(scenario())
     assert first == "first" and small == "small" and big == [f"big{i}" for i in range(16)]
-    assert batches[0] == ["first"] and batches[1][0] == "small"  # ahead of big's remaining twelve
+    assert run.batches[0] == ["first"] and run.batches[1][0] == "small"  # ahead of big's remaining twelve
 
 
 def test_answers_say_where_their_time_went(tiny_run):
@@ -540,21 +553,11 @@ def test_bulk_requests_do_not_fill_small_batches_and_still_get_their_turn():
     from medcls.serving.batching import PATIENCE, MicroBatcher
     from medcls.serving.pool import Busy
 
-    started, gate, batches = threading.Event(), threading.Event(), []
-
-    def run(items):
-        started.set()
-        gate.wait(60)
-        batches.append(items)
-        return items
-
+    run = GatedBatches()
     async def scenario():
         batcher = MicroBatcher(run, max_batch=4, max_pending=64)
-        batcher.start()
         try:
-            first = asyncio.ensure_future(batcher.submit("first"))
-            while not started.is_set():  # the first batch ("first" alone) runs, and blocks
-                await asyncio.sleep(0.01)
+            first = await run.first_running(batcher)
             bulk = asyncio.ensure_future(batcher.submit_all([f"bulk{i}" for i in range(6)]))
             singles = [asyncio.ensure_future(batcher.submit(f"s{i}")) for i in range(4 * PATIENCE + 2)]
             while batcher.pending < 1 + 6 + len(singles):
@@ -564,13 +567,14 @@ def test_bulk_requests_do_not_fill_small_batches_and_still_get_their_turn():
             small = asyncio.ensure_future(batcher.submit("small"))  # ... where a small request still gets in
             while batcher.pending < 1 + 6 + len(singles) + 1:
                 await asyncio.sleep(0.01)
-            gate.set()
+            run.gate.set()
             return await first, await bulk, await asyncio.gather(*singles, small)
         finally:
             await batcher.stop()
 
     first, bulk, singles = asyncio.run(scenario())
     assert bulk == [f"bulk{i}" for i in range(6)] and singles == [f"s{i}" for i in range(4 * PATIENCE + 2)] + ["small"]
+    batches = run.batches
     assert batches[0] == ["first"]
     assert batches[1:PATIENCE + 1] == [[f"s{i}" for i in range(4 * k, 4 * k + 4)] for k in range(PATIENCE)]
     assert batches[PATIENCE + 1] == ["bulk0"]  # its turn: a quarter batch, no singles added
