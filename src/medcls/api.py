@@ -57,13 +57,14 @@ def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = F
 
 def recalibrate(run: str | Path, data_root: str | Path | None = None, threshold_rule: Optional[str] = None,
                 target_sensitivity: Optional[float] = None, quiet: bool = False,
-                ordinal_decision: Optional[str] = None) -> Calibration:
+                ordinal_decision: Optional[str] = None, threshold_on: Optional[str] = None) -> Calibration:
     """Refit a finished run's temperature, threshold (or ordinal cut-points) and OOD detector on its
-    validation split, without retraining (optionally with another rule); rewrites its ``model.pt``."""
+    validation split (``threshold_on="stressed"``: with its stressed copies too), without retraining
+    (optionally with another rule); rewrites its ``model.pt``."""
     from medcls.training.calibrate import calibrate_run
 
     return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet,
-                         ordinal_decision=ordinal_decision)
+                         ordinal_decision=ordinal_decision, threshold_on=threshold_on)
 
 
 def calibrate(model: str | Path, data: str | Path, out: str | Path | None = None,

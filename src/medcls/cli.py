@@ -112,7 +112,8 @@ def cmd_recalibrate(args) -> int:
 
     _tune_process()
     cal = recalibrate(args.run, data_root=args.data, threshold_rule=args.threshold_rule,
-                      target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision)
+                      target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision,
+                      threshold_on=args.threshold_on)
     print(f"recalibrated {args.run}/model.pt on {cal.n_val} validation images: {cal.threshold_reason}; "
           f"temperature {cal.temperature:.3f}")
     return 0
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", help="data folder, if it moved since training")
     add_threshold_options(p, "the run's eval.threshold_rule")
+    p.add_argument("--threshold-on", choices=["validation", "stressed"],
+                   help="fit the operating point on validation alone or with its copies under plausible "
+                        "site shifts (default: the run's eval.threshold_on)")
     p.set_defaults(fn=cmd_recalibrate)
 
     def site_command(name: str, what: str, data: str, suffix: str):

@@ -24,6 +24,7 @@ from medcls.metrics.threshold import choose_threshold
 from medcls.models.checkpoint import ModelInfo, OODState, load_checkpoint, save_checkpoint
 from medcls.models.inference import batch_logits, logits_to_probs
 from medcls.ood.detector import fit_ood
+from medcls.stress.operating import describe, stressed_logits
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,23 @@ def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, ordi
 
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
     """Fit temperature (if ``eval.calibrate``), threshold (binary, by ``eval.threshold_rule``) and
-    the OOD detector of ``net`` on ``data``'s validation split; ``net`` is left unchanged."""
+    the OOD detector of ``net`` on ``data``'s validation split (the decision with its stressed
+    copies too when ``eval.threshold_on=stressed``); ``net`` is left unchanged."""
     val_labels = data.labels["val"]
     if not len(val_labels):
         return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
-    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
-    decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
+    images = data.images("val")
+
+    def logits_of(x: np.ndarray) -> np.ndarray:
+        return batch_logits(net, x, cfg.data.batch_size, tta=cfg.eval.tta)
+
+    val_logits = logits_of(images)
+    if cfg.eval.threshold_on == "stressed":
+        pooled_logits, pooled_labels = stressed_logits(logits_of, images, val_labels, val_logits)
+        decision = fit_decision(pooled_logits, pooled_labels, cfg.eval, data.index.ordinal,
+                                on=f"validation and its copies under {describe()}")
+    else:
+        decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
     ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
                   cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
@@ -96,11 +108,11 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
 
 def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,
                   target_sensitivity: float | None = None, quiet: bool = False,
-                  ordinal_decision: str | None = None) -> Calibration:
+                  ordinal_decision: str | None = None, threshold_on: str | None = None) -> Calibration:
     """Refit the calibration of the finished run ``run`` on its frozen validation split (its
     ``manifest.csv``) and rewrite its ``model.pt``; the weights are not touched. ``threshold_rule``
-    / ``target_sensitivity`` / ``ordinal_decision`` replace the run's ``eval`` settings (recorded in
-    the checkpoint's config)."""
+    / ``target_sensitivity`` / ``ordinal_decision`` / ``threshold_on`` replace the run's ``eval``
+    settings (recorded in the checkpoint's config)."""
     run = Path(run)
     ckpt, manifest = run / "model.pt", run / "manifest.csv"
     if not ckpt.is_file() or not manifest.is_file():
@@ -113,6 +125,8 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
         cfg.eval.target_sensitivity = target_sensitivity
     if ordinal_decision is not None:
         cfg.eval.ordinal_decision = ordinal_decision
+    if threshold_on is not None:
+        cfg.eval.threshold_on = threshold_on
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
         data_cfg.root = str(data_root)
