@@ -4,7 +4,7 @@ CONFIG ?= configs/pneumonia-quick.yaml
 DATA ?= $(or $(MEDCLS_DATA),../shared/data/chest_xray)
 RETINOPATHY_DATA ?= ../shared/data/retinopathy
 
-.PHONY: run test test-fast lint install install-test clean ship-model ship-retinopathy
+.PHONY: run test test-fast lint install install-test clean ship-model ship-retinopathy refit-shipped-ood
 
 run: $(VENV)/.installed
 	$(VENV)/bin/medcls run --config $(CONFIG) --data $(DATA)
@@ -57,3 +57,11 @@ ship-retinopathy: $(VENV)/.installed-pretrained
 	$(VENV)/bin/python benchmarks/shipped_card.py runs/shipped-retinopathy --ship retinopathy \
 		--command "make ship-retinopathy" --out benchmarks/results/shipped_retinopathy.json \
 		--test-csv benchmarks/results/retinopathy-test.csv
+
+# Refit only the shipped file's OOD detector (weights, threshold and temperature untouched) and
+# refresh the card's OOD figures (a re-shipped network gets its detector from the config at training).
+ASSET := src/medcls/assets/pneumonia.pt
+refit-shipped-ood: $(VENV)/.installed
+	$(VENV)/bin/medcls refit-ood $(ASSET) --method knn-grid --data $(DATA)
+	$(VENV)/bin/medcls evaluate $(ASSET) --data $(DATA) --out runs/shipped-ood-eval --no-stress
+	$(VENV)/bin/python benchmarks/shipped_card.py $(ASSET) --ood-from runs/shipped-ood-eval

@@ -7,8 +7,12 @@ Bounded in time (--quiet / --hostile seconds) and count (--max-requests per clie
 
 Starts `medcls serve` itself (a PyTorch checkpoint: heat maps need one; default: the shipped
 model) on a free 127.0.0.1 port, samples its resident memory every 50 ms, and writes
-benchmarks/results/hostile_load.json. Targets (issue #20): the normal clients' p95 within 2x of
-their quiet p95, no 5xx for them, server RSS under 2 GB throughout and after."""
+benchmarks/results/hostile_load.json: latencies, the server's stages for them (its
+``Server-Timing``: read, wait, decode, model with the batch sizes, heavy-pool work), its CPU
+seconds by thread priority (the heavy pool runs at a lower one) and the machine's load average
+before, between and after the phases. Run it niced on a shared machine (`nice -n 10`): the two
+phases of one run are measured side by side, compare their ratio. Targets (issue #20): the normal
+clients' p95 within 2x of their quiet p95, no 5xx for them, server RSS under 2 GB throughout and after."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import aiohttp
 from PIL import Image
 
 from common import IMAGE, RESULTS, machine, percentiles
+from medcls.serving.timing import parse_server_timing
 from serve_load import running_server
 
 
@@ -33,6 +38,28 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[int, float]]:
+    """{thread id: (nice value, CPU seconds so far)} of a process's threads (Linux /proc)."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        threads[int(task.name)] = (int(fields[16]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return threads
+
+
+def cpu_by_priority(before: dict, after: dict, seconds: float) -> dict:
+    """CPU seconds the server's threads used between two :func:`thread_cpu` samples, by nice value
+    (the heavy pool's threads and those they started run at a lower priority), and in all per second."""
+    used: dict[str, float] = {}
+    for tid, (nice, cpu) in after.items():
+        used[f"nice {nice}"] = used.get(f"nice {nice}", 0.0) + cpu - before.get(tid, (nice, 0.0))[1]
+    return {**{k: round(v, 1) for k, v in sorted(used.items())},
+            "cores_busy": round(sum(used.values()) / seconds, 2)}
 
 
 class MemoryWatch:
@@ -72,8 +99,22 @@ def form(data: bytes, name: str, n: int = 1, content_type: str = "image/jpeg") -
     return f
 
 
+def stage_summary(timings: list[dict[str, tuple[float, str | None]]], latencies: list[float]) -> dict:
+    """Per stage of the server's ``Server-Timing`` (and ``outside``: the client's latency less the
+    stages, i.e. HTTP, the event loop and the middlewares): p50, p95, mean in ms; batch sizes seen."""
+    names = list(dict.fromkeys(name for t in timings for name in t))
+    stages = {name: [t.get(name, (0.0, None))[0] for t in timings] for name in names}
+    stages["outside"] = [ms - sum(v for v, _ in t.values()) for t, ms in zip(timings, latencies)]
+    out = {name: {k: v for k, v in percentiles(ms).items() if k in ("p50_ms", "p95_ms", "mean_ms")}
+           for name, ms in stages.items()}
+    sizes = [int(n) for t in timings if t.get("model", (0, None))[1] for n in t["model"][1].split("+")]
+    if sizes:
+        out["model"]["batch_sizes"] = {str(n): sizes.count(n) for n in sorted(set(sizes))}
+    return out
+
+
 async def normal_clients(url: str, data: bytes, clients: int, until: float, max_requests: int) -> dict:
-    latencies, statuses = [], {}
+    latencies, statuses, timings = [], {}, []
 
     async def client() -> None:
         async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(60)) as c:
@@ -84,15 +125,18 @@ async def normal_clients(url: str, data: bytes, clients: int, until: float, max_
                     async with c.post("/v1/predict", data=form(data, "xray.jpeg")) as res:
                         await res.read()
                         status = res.status
+                        stages = parse_server_timing(res.headers.get("Server-Timing", ""))
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     status = type(exc).__name__
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append((time.perf_counter() - t0) * 1000)
+                    timings.append(stages)
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return {"clients": clients, "statuses": {str(k): v for k, v in statuses.items()},
-            "latency": percentiles(latencies) if latencies else None}
+            "latency": percentiles(latencies) if latencies else None,
+            "stages": stage_summary(timings, latencies) if latencies else None}
 
 
 async def abandoning_clients(url: str, data: bytes, clients: int, until: float, max_requests: int) -> dict:
@@ -120,6 +164,7 @@ async def abandoning_clients(url: str, data: bytes, clients: int, until: float, 
 async def large_image_clients(url: str, data: bytes, clients: int, until: float, max_requests: int) -> dict:
     """Each posts the 9000 x 9000 PNG to /v1/preview and /v1/heatmap in turn."""
     outcome: dict[str, int] = {}
+    stages: dict[str, list[float]] = {}
 
     async def client(k: int) -> None:
         async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(120)) as c:
@@ -131,6 +176,8 @@ async def large_image_clients(url: str, data: bytes, clients: int, until: float,
                     async with c.post(path, data=form(data, "large.png", content_type="image/png")) as res:
                         await res.read()
                         key = f"{path} {res.status}"
+                        for name, (ms, _) in parse_server_timing(res.headers.get("Server-Timing", "")).items():
+                            stages.setdefault(f"{path} {name}", []).append(ms)
                         if res.status == 503:
                             await asyncio.sleep(float(res.headers.get("Retry-After", 1)))
                 except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
@@ -138,7 +185,9 @@ async def large_image_clients(url: str, data: bytes, clients: int, until: float,
                 outcome[key] = outcome.get(key, 0) + 1
 
     await asyncio.gather(*(client(k) for k in range(clients)))
-    return {"clients": clients, "outcomes": outcome}
+    return {"clients": clients, "outcomes": outcome,
+            "stages": {name: {k: v for k, v in percentiles(ms).items() if k in ("n", "p50_ms", "mean_ms")}
+                       for name, ms in stages.items()}}
 
 
 async def hostile(url: str, xray: bytes, large: bytes, args) -> dict:
@@ -167,14 +216,14 @@ def main() -> None:
     from medcls.core.io import atomic_write_json
 
     model = Path(args.model) if args.model else shipped_model()
-    xray, large = Path(args.image).read_bytes(), large_png()
+    xray, large, load_before = Path(args.image).read_bytes(), large_png(), os.getloadavg()
     with running_server(model, 8) as (url, pid), MemoryWatch(pid) as memory:
-        idle_mb = rss_mb(pid)
+        idle_mb, cpu_before, quiet_started = rss_mb(pid), thread_cpu(pid), time.monotonic()
         quiet = asyncio.run(normal_clients(url, xray, args.clients, time.perf_counter() + args.quiet,
                                            args.max_requests))
-        started = time.monotonic()
+        started, cpu_quiet, load_quiet = time.monotonic(), thread_cpu(pid), os.getloadavg()
         under_attack = asyncio.run(hostile(url, xray, large, args))
-        ended = time.monotonic()
+        ended, cpu_hostile = time.monotonic(), thread_cpu(pid)
         time.sleep(3)  # what the server keeps once the load is gone
         after_mb = rss_mb(pid)
     q95, h95 = quiet["latency"]["p95_ms"], under_attack["normal"]["latency"]["p95_ms"]
@@ -186,7 +235,11 @@ def main() -> None:
         "quiet": quiet, "hostile": under_attack,
         "rss_mb": {"idle": round(idle_mb, 1), "peak_quiet": memory.peak(), "peak_hostile": memory.peak(started),
                    "after": round(after_mb, 1)},
-        "hostile_seconds": round(ended - started, 1), "load_average_after": os.getloadavg(),
+        "server_cpu_seconds": {"quiet": cpu_by_priority(cpu_before, cpu_quiet, started - quiet_started),
+                               "hostile": cpu_by_priority(cpu_quiet, cpu_hostile, ended - started)},
+        "hostile_seconds": round(ended - started, 1), "load_average_before": load_before,
+        "load_average_after_quiet": load_quiet,
+        "load_average_after": os.getloadavg(),
         "targets": {"normal_p95_ratio": round(h95 / q95, 2), "normal_p95_within_2x": h95 <= 2 * q95,
                     "normal_5xx": normal_5xx, "rss_under_2gb": max(memory.peak(), after_mb) < 2048},
     }

@@ -11,6 +11,10 @@ X-ray model, ``shipped_retinopathy.json`` for the retinopathy one).
 float16 weights (half the file; loaded into float32), and scores the test split again with that
 file: the card records how many decisions the rounding changed. ``--test-csv`` writes the run's
 frozen test split (``path`` relative to the data root, ``label``).
+
+After ``medcls refit-ood`` changed only the shipped file's detector (``make refit-shipped-ood``),
+``--ood-from EVAL_DIR`` (a ``medcls evaluate`` of the shipped file) replaces the card's OOD section
+and file size and keeps the rest, which the network's run measured.
 """
 
 from __future__ import annotations
@@ -100,8 +104,15 @@ def main() -> None:
     ap.add_argument("--ship", metavar="NAME", help="write the model into the package as the shipped model NAME "
                                                    "(float16 weights)")
     ap.add_argument("--test-csv", type=Path, help="also write the frozen test split to this CSV")
+    ap.add_argument("--ood-from", type=Path, metavar="EVAL_DIR",
+                    help="only refresh the OOD section and size: RUN is then the shipped file")
     args = ap.parse_args()
-    card = shipped_card(args.run, args.command)
+    if args.ood_from is not None:
+        card = json.loads(args.out.read_text())
+        card["ood"] = json.loads((args.ood_from / "metrics.json").read_text()).get("ood")
+        card["size_bytes"] = args.run.stat().st_size
+    else:
+        card = shipped_card(args.run, args.command)
     if args.ship:
         card["validation_by_epoch"] = validation_by_epoch(args.run)
         card["shipped"] = ship(args.run, args.ship)

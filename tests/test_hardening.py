@@ -473,6 +473,29 @@ def test_oversized_headers_and_slow_clients_are_cut_off(tiny_run):
             assert c.get("/healthz", headers={"X-Ok": "b" * 8000}).status_code == 200
 
 
+class GatedBatches:
+    """A batcher's function that records its batches and blocks in each until ``gate`` is set."""
+
+    def __init__(self):
+        self.started, self.gate, self.batches = threading.Event(), threading.Event(), []
+
+    def __call__(self, items):
+        self.started.set()
+        self.gate.wait(60)
+        self.batches.append(items)
+        return items
+
+    async def first_running(self, batcher):
+        """Start ``batcher`` and submit "first"; returns once its batch runs (and blocks)."""
+        import asyncio
+
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first"))
+        while not self.started.is_set():
+            await asyncio.sleep(0.01)
+        return first
+
+
 def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
     """One image does not wait behind another client's sixteen; a full line refuses at once."""
     import asyncio
@@ -480,32 +503,115 @@ def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
     from medcls.serving.batching import MicroBatcher
     from medcls.serving.pool import Busy
 
-    started, gate, batches = threading.Event(), threading.Event(), []
-
-    def run(items):
-        started.set()
-        gate.wait(60)
-        batches.append(items)
-        return items
-
+    run = GatedBatches()
     async def scenario():
         batcher = MicroBatcher(run, max_batch=4, max_pending=18)
-        batcher.start()
         try:
-            first = asyncio.ensure_future(batcher.submit("first"))
-            while not started.is_set():  # the first batch ("first" alone) runs, and blocks
-                await asyncio.sleep(0.01)
+            first = await run.first_running(batcher)
             big = asyncio.ensure_future(batcher.submit_all([f"big{i}" for i in range(16)]))
             small = asyncio.ensure_future(batcher.submit("small"))
             while batcher.pending < 18:
                 await asyncio.sleep(0.01)
             with pytest.raises(Busy, match="at most 18"):
                 await batcher.submit("one too many")
-            gate.set()
+            run.gate.set()
             return await first, await big, await small
         finally:
             await batcher.stop()
 
     first, big, small = asyncio.run(scenario())
     assert first == "first" and small == "small" and big == [f"big{i}" for i in range(16)]
-    assert batches[0] == ["first"] and batches[1][0] == "small"  # ahead of big's remaining twelve
+    assert run.batches[0] == ["first"] and run.batches[1][0] == "small"  # ahead of big's remaining twelve
+
+
+def test_answers_say_where_their_time_went(tiny_run):
+    """Each predict, preview and heat-map answer carries its stages as a ``Server-Timing`` header
+    (what benchmarks/hostile_load.py splits latencies by): reading, waiting, decoding, the model."""
+    from medcls.serving.timing import ServerTiming, parse_server_timing
+
+    timing = ServerTiming()
+    timing.add("model", 0.0801, note="3+2")
+    timing.add("wait", 0.002)
+    assert parse_server_timing(timing.header()["Server-Timing"]) == {"model": (80.1, "3+2"), "wait": (2.0, None)}
+    with served(make_app(tiny_run, max_batch=4)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        res = c.post("/v1/predict", files=files(*[(f"{i}.png", SMALL) for i in range(6)]))
+        stages = parse_server_timing(res.headers["server-timing"])
+        assert list(stages) == ["read", "wait", "decode", "model"] and all(ms >= 0 for ms, _ in stages.values())
+        assert sum(int(n) for n in stages["model"][1].split("+")) >= 6  # the batches its images ran in
+        for path, work in (("/v1/preview", "decode"), ("/v1/heatmap", "heatmap")):
+            stages = parse_server_timing(c.post(path, files=files(("a.png", SMALL))).headers["server-timing"])
+            assert list(stages) == ["read", "wait", work], path
+
+
+def test_bulk_requests_do_not_fill_small_batches_and_still_get_their_turn():
+    """#20 item 9: a batch of single images is not filled up with another client's bulk images; a
+    request of more than one batch goes first once PATIENCE batches passed it over, runs a quarter
+    batch right after a batch of small requests (full ones after its own), and may not take the
+    last sixteenth of the line, kept for small requests."""
+    import asyncio
+
+    from medcls.serving.batching import PATIENCE, MicroBatcher
+    from medcls.serving.pool import Busy
+
+    run = GatedBatches()
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_pending=64)
+        try:
+            first = await run.first_running(batcher)
+            bulk = asyncio.ensure_future(batcher.submit_all([f"bulk{i}" for i in range(6)]))
+            singles = [asyncio.ensure_future(batcher.submit(f"s{i}")) for i in range(4 * PATIENCE + 2)]
+            while batcher.pending < 1 + 6 + len(singles):
+                await asyncio.sleep(0.01)
+            with pytest.raises(Busy, match="at most 60"):  # 64 less the sixteenth kept for small requests
+                await batcher.submit_all([f"x{i}" for i in range(64 - batcher.pending - 1)])
+            small = asyncio.ensure_future(batcher.submit("small"))  # ... where a small request still gets in
+            while batcher.pending < 1 + 6 + len(singles) + 1:
+                await asyncio.sleep(0.01)
+            run.gate.set()
+            return await first, await bulk, await asyncio.gather(*singles, small)
+        finally:
+            await batcher.stop()
+
+    first, bulk, singles = asyncio.run(scenario())
+    assert bulk == [f"bulk{i}" for i in range(6)] and singles == [f"s{i}" for i in range(4 * PATIENCE + 2)] + ["small"]
+    batches = run.batches
+    assert batches[0] == ["first"]
+    assert batches[1:PATIENCE + 1] == [[f"s{i}" for i in range(4 * k, 4 * k + 4)] for k in range(PATIENCE)]
+    assert batches[PATIENCE + 1] == ["bulk0"]  # its turn: a quarter batch, no singles added
+    assert batches[PATIENCE + 2] == [f"s{4 * PATIENCE}", f"s{4 * PATIENCE + 1}", "small"]
+    assert batches[PATIENCE + 3:] == [["bulk1"], ["bulk2", "bulk3", "bulk4", "bulk5"]]
+
+
+def test_heavy_work_runs_at_a_lower_priority_and_decodes_large_predictions(tiny_run, predictor, monkeypatch):
+    """#20 item 9: previews, heat maps and the decoding of a large image sent to /v1/predict run on
+    the heavy pool, whose thread is HEAVY_NICE nice levels below the service (Linux), not in the
+    model's batch worker."""
+    import medcls.serving.app as service
+    from medcls.serving.pool import thread_priority
+
+    seen = {}
+    real_preprocess, real_thumbnail = predictor.preprocess, service.load_thumbnail
+
+    def preprocess(data):
+        seen.setdefault("predict", set()).add((threading.current_thread().name, thread_priority()))
+        return real_preprocess(data)
+
+    def thumbnail(*args):
+        seen.setdefault("preview", set()).add((threading.current_thread().name, thread_priority()))
+        return real_thumbnail(*args)
+
+    monkeypatch.setattr(predictor, "preprocess", preprocess)
+    monkeypatch.setattr(service, "load_thumbnail", thumbnail)
+    big = png(6000)  # 36 MP: over SHRINK_ABOVE
+    with served(make_app(tiny_run, predictor)) as url, httpx.Client(base_url=url, timeout=120) as c:
+        assert c.post("/v1/preview", files=files(("a.png", SMALL))).status_code == 200
+        small = c.post("/v1/predict", files=files(("a.png", SMALL)))
+        large = c.post("/v1/predict", files=files(("big.png", big)))
+        assert small.status_code == large.status_code == 200
+        assert "large" in large.headers["server-timing"] and "large" not in small.headers["server-timing"]
+    lower = min(19, thread_priority() + service.HEAVY_NICE) if sys.platform == "linux" else 0
+    [(heavy, priority)] = seen["preview"]
+    assert heavy.startswith("medcls-heavy") and priority == lower
+    assert {name.split("_")[0] for name, _ in seen["predict"]} == {"medcls-heavy", "medcls-batch"}
+    assert {p for name, p in seen["predict"] if name.startswith("medcls-heavy")} == {lower}
+    assert {p for name, p in seen["predict"] if name.startswith("medcls-batch")} == {thread_priority()}

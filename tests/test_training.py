@@ -129,3 +129,35 @@ def test_recalibrating_a_finished_run_reproduces_training_then_takes_a_new_rule(
     assert json.loads((run / "training.json").read_text())["threshold"] == info.threshold
     with pytest.raises(CalibrationError, match="not a finished run folder"):
         recalibrate(tmp_path)
+
+
+def test_stressed_operating_point_pools_validation_with_its_site_shifted_copies(trained_run, tmp_path):
+    """``threshold_on=stressed``: temperature and threshold fitted on validation plus its copies under
+    the stated site shifts, recorded in the checkpoint; the weights are untouched."""
+    import shutil
+
+    from medcls.api import recalibrate
+    from medcls.metrics.calibration import fit_temperature
+    from medcls.metrics.threshold import choose_threshold
+    from medcls.models.inference import batch_logits, logits_to_probs
+    from medcls.stress.operating import SITE_SHIFTS
+    from medcls.stress.perturbations import PERTURBATIONS
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    _, before = load_checkpoint(run)
+    cal = recalibrate(run, threshold_on="stressed", quiet=True)
+    net, info = load_checkpoint(run)
+    assert config_from_dict(info.config).eval.threshold_on == "stressed"
+    assert "zoom_in 0.3" in cal.threshold_reason and info.threshold == cal.threshold != before.threshold
+
+    data = prepare_data(config_from_dict(info.config).data, run / "manifest.csv", quiet=True)
+    images, labels = data.images("val"), data.labels["val"]
+    copies = [images] + [PERTURBATIONS.get(name)(images, strength, 0) for name, strength in SITE_SHIFTS]
+    logits = np.concatenate([batch_logits(net, x, 32, tta=info.tta) for x in copies])
+    y = np.tile(labels, len(copies))
+    assert len(y) == 8 * len(labels)
+    t = fit_temperature(logits, y)
+    assert info.temperature == pytest.approx(t, rel=1e-4)
+    expected, _ = choose_threshold(y, logits_to_probs(logits, t)[:, 1], "youden")
+    assert info.threshold == pytest.approx(expected, abs=1e-6)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from medcls.evaluation.result import EvaluationResult
     from medcls.inference.export import ExportResult
     from medcls.inference.predictor import Prediction
+    from medcls.models.checkpoint import OODState
     from medcls.serving.app import ServiceSettings
     from medcls.site.adapt import SiteAdaptationResult
     from medcls.site.calibrate import SiteCalibrationResult
@@ -57,13 +58,24 @@ def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = F
 
 def recalibrate(run: str | Path, data_root: str | Path | None = None, threshold_rule: Optional[str] = None,
                 target_sensitivity: Optional[float] = None, quiet: bool = False,
-                ordinal_decision: Optional[str] = None) -> Calibration:
+                ordinal_decision: Optional[str] = None, threshold_on: Optional[str] = None) -> Calibration:
     """Refit a finished run's temperature, threshold (or ordinal cut-points) and OOD detector on its
-    validation split, without retraining (optionally with another rule); rewrites its ``model.pt``."""
+    validation split (``threshold_on="stressed"``: with its stressed copies too), without retraining
+    (optionally with another rule); rewrites its ``model.pt``."""
     from medcls.training.calibrate import calibrate_run
 
     return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet,
-                         ordinal_decision=ordinal_decision)
+                         ordinal_decision=ordinal_decision, threshold_on=threshold_on)
+
+
+def refit_ood(model: str | Path, method: Optional[str] = None, data_root: str | Path | None = None,
+              out: str | Path | None = None, quiet: bool = False) -> OODState:
+    """Refit only a model's out-of-distribution detector (e.g. ``method="knn-grid"``) on the training
+    and validation images it was trained on; rewrites the model file, or writes ``out``. The network,
+    its threshold and temperature are not touched."""
+    from medcls.training.calibrate import refit_ood as refit
+
+    return refit(model, method, data_root, out, quiet=quiet)
 
 
 def calibrate(model: str | Path, data: str | Path, out: str | Path | None = None,

@@ -114,9 +114,20 @@ def cmd_recalibrate(args) -> int:
 
     _tune_process()
     cal = recalibrate(args.run, data_root=args.data, threshold_rule=args.threshold_rule,
-                      target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision)
+                      target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision,
+                      threshold_on=args.threshold_on)
     print(f"recalibrated {args.run}/model.pt on {cal.n_val} validation images: {cal.threshold_reason}; "
           f"temperature {cal.temperature:.3f}")
+    return 0
+
+
+def cmd_refit_ood(args) -> int:
+    from medcls.api import refit_ood
+
+    _tune_process()
+    ood = refit_ood(args.model, args.method, data_root=args.data, out=args.out)
+    print(f"OOD detector refitted ({ood.method}): threshold {ood.threshold:.4f} flags {ood.flag_rate:.0%} of "
+          f"validation; written to {args.out or args.model}")
     return 0
 
 
@@ -314,7 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", help="data folder, if it moved since training")
     add_threshold_options(p, "the run's eval.threshold_rule")
+    p.add_argument("--threshold-on", choices=["validation", "stressed"],
+                   help="fit the operating point on validation alone or with its copies under plausible "
+                        "site shifts (default: the run's eval.threshold_on)")
     p.set_defaults(fn=cmd_recalibrate)
+
+    p = sub.add_parser("refit-ood", help="refit only a model's out-of-distribution detector on the training and "
+                                         "validation images it was trained on (weights and threshold untouched)")
+    p.add_argument("model", help="checkpoint (model.pt) or run folder")
+    p.add_argument("--method", help="the OOD score, e.g. knn-grid (default: the model's eval.ood_method)")
+    p.add_argument("--data", help="data folder, if it moved since training")
+    p.add_argument("--out", "-o", help="new model file (default: rewrite MODEL)")
+    p.set_defaults(fn=cmd_refit_ood)
 
     def site_command(name: str, what: str, data: str, suffix: str):
         p = sub.add_parser(name, help=f"{what}; writes a new model file")

@@ -138,6 +138,9 @@ class EvalConfig:
     threshold_rule: str = "youden"  # youden | sensitivity | f1 | fixed
     target_sensitivity: float = 0.95  # for threshold_rule=sensitivity
     fixed_threshold: float = 0.5
+    # what the temperature and threshold are fitted on: the validation split, or it together with its
+    # copies under the site shifts of medcls.stress.operating (tighter collimation, exposure, contrast)
+    threshold_on: str = "validation"  # validation | stressed
     # ordinal grades: argmax, or cut-points on the expected grade fitted on validation for QWK
     ordinal_decision: str = "argmax"
     calibrate: bool = True  # temperature scaling on validation
@@ -174,10 +177,11 @@ _CHOICES = {
     ("train", "imbalance"): {"class_weights", "sampler", "none"},
     ("train", "scheduler"): {"plateau", "cosine", "none"},
     ("train", "precision"): {"32", "bf16-mixed", "16-mixed"},
+    ("eval", "threshold_on"): {"validation", "stressed"},
     ("eval", "threshold_rule"): {"youden", "sensitivity", "f1", "fixed"},
     ("eval", "ordinal_decision"): {"argmax", "cutpoints"},
-    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-early", "mahalanobis-penultimate", "energy",
-                             "max-logit"},
+    ("eval", "ood_method"): {"mahalanobis-multiscale", "mahalanobis-early", "mahalanobis-penultimate", "knn-grid",
+                             "energy", "max-logit"},
 }
 
 _RANGES = {

@@ -18,6 +18,7 @@ from medcls.core.progress import batch_starts
 from medcls.inference.backend import parallel_runs
 from medcls.inference.export import InferenceGraph
 from medcls.models.checkpoint import ModelInfo
+from medcls.ood.detector import feature_grid
 
 
 class CompileError(RuntimeError):
@@ -43,7 +44,8 @@ class CompiledBackend:
         self.batch_size = batch_size
         self.parallel_runs = parallel_runs(threads)
         self.dtype = torch.bfloat16 if bf16_supported() else torch.float32
-        graph = InferenceGraph(copy.deepcopy(net), info.image_size, info.in_channels, info.tta, fused=True).eval()
+        graph = InferenceGraph(copy.deepcopy(net), info.image_size, info.in_channels, info.tta, fused=True,
+                               grid=feature_grid(info)).eval()
         backbone = graph.net.net.backbone
         backbone.to(self.dtype).to(memory_format=torch.channels_last)
         # The float32 normalised input meets the backbone's dtype at the backbone's door.

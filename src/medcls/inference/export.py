@@ -24,7 +24,7 @@ from medcls.inference.onnx_backend import (
 )
 from medcls.models.checkpoint import load_checkpoint
 from medcls.models.inference import tta_views
-from medcls.ood.detector import OODFeatures
+from medcls.ood.detector import OODFeatures, feature_grid
 
 OPSET = 20
 # Largest accepted |ONNX - PyTorch| difference, relative to the output's own
@@ -40,10 +40,10 @@ class InferenceGraph(torch.nn.Module):
     """What an exported file (or a compiled model) computes: uint8 ``(N, H, W, C)`` images -> (logits, features)."""
 
     def __init__(self, net: torch.nn.Module, image_size: int, channels: int, tta: bool = False,
-                 fused: bool = False):
+                 fused: bool = False, grid: int = 1):
         super().__init__()
-        # fused (compiled backend only: ONNX has no such op) modifies ``net``, see OODFeatures
-        self.net, self.tta = OODFeatures(net, image_size, channels, fused), tta
+        # fused (compiled backend only: ONNX has no such op) modifies ``net``; grid: the detector's (OODFeatures)
+        self.net, self.tta = OODFeatures(net, image_size, channels, fused, grid), tta
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_model_input(image)
@@ -86,7 +86,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     path = Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
     out = Path(out) if out is not None else path.with_suffix(".onnx")
     size, c = info.image_size, info.in_channels
-    graph = InferenceGraph(net, size, c, info.tta).eval()
+    graph = InferenceGraph(net, size, c, info.tta, grid=feature_grid(info)).eval()
     example = torch.zeros((2, size, size, c), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's concern

@@ -25,7 +25,7 @@ from medcls.inference.torch_backend import TorchBackend
 from medcls.metrics.ordinal import grade_decision
 from medcls.models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 from medcls.models.inference import logits_to_probs
-from medcls.ood.detector import OODDetector, ood_columns
+from medcls.ood.detector import OODDetector, feature_grid, ood_columns
 
 # The output table's formats, by the suffix of the file asked for.
 OUTPUT_FORMATS = {".csv": "csv", ".json": "json"}
@@ -88,7 +88,8 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module | Backend, info: ModelInfo, batch_size: int = 32):
-        self.backend: Backend = (TorchBackend(model, info.image_size, info.in_channels, batch_size, info.tta)
+        self.backend: Backend = (TorchBackend(model, info.image_size, info.in_channels, batch_size, info.tta,
+                                              feature_grid(info))
                                  if isinstance(model, torch.nn.Module) else model)
         self.net = getattr(self.backend, "net", None)  # the PyTorch network; None for ONNX
         self.info, self.batch_size = info, batch_size

@@ -19,9 +19,9 @@ class TorchBackend:
     parallel_runs = 1  # one run spreads over all cores
 
     def __init__(self, net: torch.nn.Module, image_size: int, channels: int, batch_size: int = 32,
-                 tta: bool = False):
+                 tta: bool = False, grid: int = 1):
         self.net, self.batch_size, self.tta = net.eval(), batch_size, tta
-        self.image_size, self.channels = image_size, channels
+        self.image_size, self.channels, self.grid = image_size, channels, grid  # grid: the detector's
         self._features: Optional[OODFeatures] = None
 
     @property
@@ -30,7 +30,7 @@ class TorchBackend:
 
     def _taps(self) -> OODFeatures:
         if self._features is None:
-            self._features = OODFeatures(self.net, self.image_size, self.channels)
+            self._features = OODFeatures(self.net, self.image_size, self.channels, grid=self.grid)
         return self._features
 
     def logits(self, images: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ FORMAT = "medcls-checkpoint"
 # 2: the OOD detector's state is the typed field ``ModelInfo.ood`` (was ``extras["ood"]``).
 # 3: ``ModelInfo.site``, the fits to a new site, with ``pretrained`` and ``cutpoints`` (older files load with None; an older
 #    medcls refuses a format-3 file as newer instead of failing on the unknown field).
-FORMAT_VERSION = 3
+# 4: ``OODState.grid`` and ``OODState.neighbours`` (the ``knn-grid`` detector; older files load with 1 and None).
+FORMAT_VERSION = 4
 
 
 class CheckpointError(ValueError):
@@ -46,6 +47,8 @@ class OODState:
     blocks: list[int]  # feature block sizes (scales..., penultimate)
     gaussians: list[dict] = field(default_factory=list)  # per block: "block", "means", "whitening", "scale"
     augmented: bool = False  # the Gaussians saw augmented copies of the training images too
+    grid: int = 1  # the features are channel means over grid x grid image cells per scale
+    neighbours: Optional[dict] = None  # knn-grid: "blocks", "k", "mean", "projection", "reference"
 
 
 @dataclass

@@ -75,10 +75,13 @@ def _build():
         except ImportError:
             pass
     # -march=native: the AVX-512 loops are what make it fast. The CPU's flags and torch's version
-    # are in the name, so that a home folder shared by machines never loads another's build.
+    # are in the name, so that a home folder shared by machines never loads another's build; so is
+    # the source's path, because PyTorch rebuilds a folder whose build file names another source:
+    # two checkouts sharing one folder would rebuild in turn, each waiting on the other's lock.
     flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "") \
         if Path("/proc/cpuinfo").exists() else ""
-    name = "medcls_fused_" + hashlib.sha256((flags + torch.__version__).encode()).hexdigest()[:12]
+    key = flags + torch.__version__ + str(SOURCE.resolve())
+    name = "medcls_fused_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     if _unbuilt(cpp_extension, name):
         log.info("building the fused CPU training kernels (once per machine and install; a minute or two)")
     try:

@@ -1,6 +1,7 @@
 """The features the out-of-distribution detector reads (:mod:`medcls.ood.detector`): the
-channel means of the network's last activation at each spatial scale, then the
-penultimate activations, from the same forward pass as the logits."""
+channel means of the network's last activation at each spatial scale (over the whole image,
+or over each cell of a grid), then the penultimate activations, from the same forward pass
+as the logits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medcls.core.progress import batch_starts
 from medcls.data.augment import augmented_copies
@@ -53,6 +55,10 @@ class OODFeatures(WithFeatures):
     the penultimate activations (block sizes in :attr:`blocks`). Export this wrapper to
     ONNX to score exported models.
 
+    ``grid`` > 1: each scale's block holds the channel means over each cell of a ``grid`` x
+    ``grid`` division of the image (channel-major: ``channels * grid**2`` values), which keep
+    where in the image a pattern is (a detector's :attr:`~medcls.ood.detector.OODDetector.grid`).
+
     The taps are forward hooks on ``net``, removed by :meth:`remove_taps` (or on leaving a
     ``with`` block).
 
@@ -61,14 +67,16 @@ class OODFeatures(WithFeatures):
     the wrapper runs a copy of ``net`` whose first stage computes the first scale's
     channel means on the way, so its full-size activation is never stored."""
 
-    def __init__(self, net: torch.nn.Module, image_size: int, channels: int, fused: bool = False):
-        backbone = fusable_first_stage(net, image_size) if fused else None
+    def __init__(self, net: torch.nn.Module, image_size: int, channels: int, fused: bool = False, grid: int = 1):
+        # The fused first stage hands over whole-image means only.
+        backbone = fusable_first_stage(net, image_size) if fused and grid == 1 else None
         if backbone is not None:
             net = copy.deepcopy(net)  # the first stage is swapped below: never in the caller's network
             backbone = fusable_first_stage(net, image_size)
         super().__init__(net)
         taps = scale_ends(net, image_size, channels)
-        self.blocks = [c for _, c in taps] + [self._head.in_features]
+        self.grid = grid
+        self.blocks = [c * grid * grid for _, c in taps] + [self._head.in_features]
         self._pooled: Optional[list[torch.Tensor]] = None  # a list only while this wrapper runs
         self._handles += [module.register_forward_hook(self._pool) for module, _ in taps]
         if backbone is not None and taps and taps[0][0] is backbone[1]:  # its ReLU ends the first scale
@@ -81,7 +89,8 @@ class OODFeatures(WithFeatures):
 
     def _pool(self, module, inputs, output):
         # The mean is taken at once: a later in-place activation must not change it.
-        self._keep_means(output.float().mean(dim=(2, 3)))
+        out = output.float()
+        self._keep_means(out.mean(dim=(2, 3)) if self.grid == 1 else F.adaptive_avg_pool2d(out, self.grid).flatten(1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._pooled = []

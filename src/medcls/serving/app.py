@@ -8,9 +8,11 @@ probabilities, the threshold, the model id and the latency; ``GET /healthz``,
 ``/openapi.json`` and the web page at ``/``. Every bad input gets a 4xx JSON ``{"detail": ...}``
 naming the problem; images are decoded in the model's worker threads and concurrent
 requests share model batches (:class:`MicroBatcher`). Under load the service bounds its
-work: a per-request pixel budget, a few threads for previews and heat maps, a bounded
-line for the model (503 with ``Retry-After`` beyond), work cancelled when a client
-leaves, and security headers, a Host check and an optional API key (:mod:`.security`)."""
+work: a per-request pixel budget, one low-priority thread for previews, heat maps and large
+images, a bounded line for the model (503 with ``Retry-After`` beyond) that serves small
+requests first, work cancelled when a client leaves, and security headers, a Host check and
+an optional API key (:mod:`.security`). Each answer says where its time went (``Server-Timing``,
+:mod:`.timing`)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from medcls.serving.limits import BodyLimit, UploadTooLarge
 from medcls.serving.monitoring import MetricsMiddleware, Monitor
 from medcls.serving.pool import RETRY_AFTER_S, Busy, WorkerPool
 from medcls.serving.security import Guard, SecuritySettings
+from medcls.serving.timing import ServerTiming
 
 T = TypeVar("T")
 STATIC = resources.files("medcls.serving") / "static"
@@ -60,10 +63,13 @@ ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 # the same either way, and batches of 8 lowered the service's throughput. Compiled
 # models ("pytorch-compiled") run single-threaded like ONNX Runtime: no batching.
 AUTO_BATCH = {"pytorch": 8, "onnxruntime": 1}
-# Previews and heat maps: one at a time, four more waiting: a 9000 x 9000 PNG keeps a core busy for
-# about a second, and the other cores stay with the predictions. A large image (over
-# SHRINK_ABOVE pixels, hundreds of MB while decoding) is decoded by one thread at a time, on any endpoint.
-HEAVY_WORKERS, HEAVY_WAITING = 1, 4
+# Previews, heat maps and the decoding of large images (over SHRINK_ABOVE pixels, hundreds of MB
+# while decoding; for /v1/predict too, so that they do not hold up the model's batches): one at
+# a time, four more waiting: a 9000 x 9000 PNG keeps a core busy for about a second.
+# The heavy thread runs 10 nice levels below the service (CFS: about a tenth of a contended core):
+# measured under benchmarks/hostile_load.py, at the same priority it took as much CPU as the
+# model's batches and made each of them about 2x slower.
+HEAVY_WORKERS, HEAVY_WAITING, HEAVY_NICE = 1, 4, 10
 
 
 @dataclass
@@ -73,6 +79,29 @@ class ServiceSettings:
     max_batch: int | None = None  # most images run through the model together (1: none; None: per backend)
     max_pixels: int = 100_000_000  # most pixels (width x height, summed over the files) in one request
     max_waiting: int = 256  # most images waiting for the model; beyond: 503 with Retry-After
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """What one model batch cost, shared by the requests whose images it ran (their ``Server-Timing``)."""
+    started: float  # time.perf_counter() when a worker took the batch up
+    decode_s: float
+    model_s: float
+    size: int  # images in the batch
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.decode_s + self.model_s
+
+
+def add_batch_timing(timing: ServerTiming, submitted: float, batches: list[BatchCost]) -> None:
+    """A request's model stages: ``wait`` (in the line, before and between its batches), ``decode``
+    and ``model`` (of the batches its images ran in, the batch sizes as the description)."""
+    batches = list({id(b): b for b in batches}.values())
+    work = sum(b.decode_s + b.model_s for b in batches)
+    timing.add("wait", max(b.ended for b in batches) - submitted - work)
+    timing.add("decode", sum(b.decode_s for b in batches))
+    timing.add("model", sum(b.model_s for b in batches), note="+".join(str(b.size) for b in batches))
 
 
 class ImagePrediction(BaseModel):
@@ -140,14 +169,16 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
     return uploads
 
 
-def check_pixels(uploads: list[tuple[str, bytes]], max_pixels: int) -> None:
-    """A 413 if the images' headers declare more than ``max_pixels`` in all (checked before decoding)."""
+def check_pixels(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[int]:
+    """Each image's pixels as its header declares them (0: unknown); a 413 if more than
+    ``max_pixels`` in all (checked before decoding)."""
     sizes = [(name, image_pixels(data) or 0) for name, data in uploads]
     total = sum(n for _, n in sizes)
     if total > max_pixels:
         largest = max(sizes, key=lambda s: s[1])
         raise HTTPException(413, f"too many pixels: {total / 1e6:.1f} MP in one request (largest: {largest[0]}, "
                                  f"{largest[1] / 1e6:.1f} MP), the limit is {max_pixels / 1e6:g} MP")
+    return [n for _, n in sizes]
 
 
 def unreadable(name: str, exc: ImageLoadError) -> HTTPException:
@@ -155,10 +186,19 @@ def unreadable(name: str, exc: ImageLoadError) -> HTTPException:
     return HTTPException(422, f"{name}: {exc.reason}")
 
 
-async def decode(name: str, data: bytes, fn: Callable[[bytes], T], pool: WorkerPool) -> T:
-    """``fn(data)`` (which reads the image) on ``pool``; an unreadable image becomes a 422 naming the file."""
+async def decode(name: str, data: bytes, fn: Callable[[bytes], T], pool: WorkerPool, timing: ServerTiming,
+                 stage: str = "decode") -> T:
+    """``fn(data)`` (which reads the image) on ``pool``, timed as ``wait`` (for a worker) and ``stage``;
+    an unreadable image becomes a 422 naming the file."""
+    submitted = time.perf_counter()
+
+    def timed(data: bytes) -> T:
+        timing.add("wait", time.perf_counter() - submitted)
+        with timing.stage(stage):
+            return fn(data)
+
     try:
-        return await pool.run(fn, data)
+        return await pool.run(timed, data)
     except ImageLoadError as exc:
         raise unreadable(name, exc) from None
 
@@ -179,32 +219,32 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     ``security``: API key and allowed host names (default: none, loopback names)."""
     settings = settings or ServiceSettings()
     explain_lock = threading.Lock()  # Grad-CAM hooks one network: one explanation at a time
-    large_decode = threading.Lock()  # one image over SHRINK_ABOVE pixels decoded at a time
-    heavy = WorkerPool(HEAVY_WORKERS, HEAVY_WAITING)
+    heavy = WorkerPool(HEAVY_WORKERS, HEAVY_WAITING, nice=HEAVY_NICE)
     if settings.max_batch is None:
         settings = replace(settings, max_batch=AUTO_BATCH.get(predictor.backend.name, 1))
     info = predictor.info
 
     def run_uploads(items: list[tuple[str, bytes]]) -> list:
-        """Decode and predict uploads in the batch worker (one thread hop per image); an
-        unreadable image becomes its own 422, the others are still predicted."""
+        """Decode (but for large images, decoded on the heavy pool) and predict uploads in the
+        batch worker (one thread hop per image): a
+        (prediction, :class:`BatchCost`) per image; an unreadable image becomes its own 422,
+        the others are still predicted."""
+        started = time.perf_counter()
         results: list = [None] * len(items)
         images, names, where = [], [], []
         for i, (name, data) in enumerate(items):
-            try:
-                if (image_pixels(data) or 0) > SHRINK_ABOVE:
-                    with large_decode:
-                        images.append(predictor.preprocess(data))
-                else:
-                    images.append(predictor.preprocess(data))
+            try:  # a large image comes decoded (on the heavy pool)
+                images.append(data if isinstance(data, np.ndarray) else predictor.preprocess(data))
             except ImageLoadError as exc:
                 results[i] = unreadable(name, exc)
                 continue
             names.append(name)
             where.append(i)
-        if images:
-            for i, row in zip(where, predictor.predict_rows(np.stack(images), names)):
-                results[i] = row
+        decoded = time.perf_counter()
+        rows = predictor.predict_rows(np.stack(images), names) if images else []
+        cost = BatchCost(started, decoded - started, time.perf_counter() - decoded, len(items))
+        for i, row in zip(where, rows):
+            results[i] = (row, cost)
         return results
 
     batcher: MicroBatcher = MicroBatcher(run_uploads, settings.max_batch,
@@ -259,24 +299,32 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
     @app.post("/v1/predict", response_model=Predictions, responses=PROBLEMS, openapi_extra=UPLOAD_BODY)
     async def predict(request: Request) -> JSONResponse:
         """Classify each uploaded image; the whole request fails (4xx) if any image is unreadable."""
-        uploads = await read_uploads(request, settings.max_files)
-        check_pixels(uploads, settings.max_pixels)
-        started = [time.perf_counter() for _ in uploads]
-        rows = await batcher.submit_all(uploads)  # the first 422 fails all
-        latencies = [(time.perf_counter() - t0) * 1000 for t0 in started]
+        timing = ServerTiming()
+        with timing.stage("read"):
+            uploads = await read_uploads(request, settings.max_files)
+            pixels = check_pixels(uploads, settings.max_pixels)
+        uploads = [(name, await decode(name, data, predictor.preprocess, heavy, timing, "large")
+                    if n > SHRINK_ABOVE else data) for (name, data), n in zip(uploads, pixels)]
+        submitted = time.perf_counter()
+        results = await batcher.submit_all(uploads)  # the first 422 fails all
+        latency_ms = (time.perf_counter() - submitted) * 1000
+        rows = [row for row, _ in results]
+        add_batch_timing(timing, submitted, [cost for _, cost in results])
         monitor.observe(rows)
         # A response object skips FastAPI's re-validation against ``Predictions`` (built here from
         # the same fields; the schema still documents it): measurable CPU per request under load.
         return JSONResponse({"model_id": model_id, "predictions": [
-            image_result(row, predictor, model_id, ms) for row, ms in zip(rows, latencies)]})
+            image_result(row, predictor, model_id, latency_ms) for row in rows]}, headers=timing.header())
 
     @app.post("/v1/preview", responses={200: {"content": {"image/png": {}}}, **PROBLEMS}, openapi_extra=UPLOAD_BODY)
     async def preview(request: Request) -> Response:
         """The uploaded image as PNG (at most 512 px), as medcls reads it: DICOM windowed, for the page to show."""
-        [(name, data)] = uploads = await read_uploads(request, 1)
-        check_pixels(uploads, settings.max_pixels)
-        png = await decode(name, data, lambda b: png_thumbnail(load_thumbnail(b, "rgb", PREVIEW_SIZE)), heavy)
-        return Response(png, media_type="image/png")
+        timing = ServerTiming()
+        with timing.stage("read"):
+            [(name, data)] = uploads = await read_uploads(request, 1)
+            check_pixels(uploads, settings.max_pixels)
+        png = await decode(name, data, lambda b: png_thumbnail(load_thumbnail(b, "rgb", PREVIEW_SIZE)), heavy, timing)
+        return Response(png, media_type="image/png", headers=timing.header())
 
     @app.post("/v1/heatmap", responses={200: {"content": {"image/png": {}}},
                                         409: {"model": Problem, "description": "no heat maps for an ONNX model"},
@@ -286,15 +334,18 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         where the model looked. Needs a PyTorch checkpoint (gradients)."""
         if explainer is None:
             raise HTTPException(409, "heat maps need the model's PyTorch checkpoint; this service runs an ONNX file")
-        [(name, data)] = uploads = await read_uploads(request, 1)
-        check_pixels(uploads, settings.max_pixels)
+        timing = ServerTiming()
+        with timing.stage("read"):
+            [(name, data)] = uploads = await read_uploads(request, 1)
+            check_pixels(uploads, settings.max_pixels)
 
         def render(image: bytes) -> bytes:
             with explain_lock:
                 [explanation] = explainer.explain([image], [name], max_side=PREVIEW_SIZE)
             return png_thumbnail(explanation.overlay())
 
-        return Response(await decode(name, data, render, heavy), media_type="image/png")
+        return Response(await decode(name, data, render, heavy, timing, "heatmap"), media_type="image/png",
+                        headers=timing.header())
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -1,15 +1,23 @@
 """Bounded work: the heavy endpoints (previews, heat maps) run on a few worker threads with a
 short waiting line, and a request that would wait beyond it is refused at once with
 :class:`Busy` (503 and ``Retry-After``) instead of queueing without limit. A request whose
-client left (its task cancelled) before its turn never starts."""
+client left (its task cancelled) before its turn never starts. The threads may run at a lower
+CPU priority than the rest of the service (``nice``, Linux, where priorities are per thread):
+the threads they start (PyTorch's OpenMP workers for a heat map) inherit it, so a busy pool
+takes only the CPU that the model's batches leave."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # seconds a refused client is asked to wait: work here takes well under a second
 
 
@@ -21,15 +29,19 @@ class Busy(Exception):
 
 
 class WorkerPool:
-    """Runs blocking calls on ``workers`` threads, with at most ``max_waiting`` more calls waiting."""
+    """Runs blocking calls on ``workers`` threads, with at most ``max_waiting`` more calls waiting;
+    ``nice``: how much lower the threads' CPU priority is than that of the thread that starts them."""
 
-    def __init__(self, workers: int = 1, max_waiting: int = 8, name: str = "medcls-heavy"):
-        if workers < 1 or max_waiting < 0:
-            raise ValueError(f"workers must be at least 1 and max_waiting at least 0, got {workers}, {max_waiting}")
+    def __init__(self, workers: int = 1, max_waiting: int = 8, name: str = "medcls-heavy", nice: int = 0):
+        if workers < 1 or max_waiting < 0 or nice < 0:
+            raise ValueError(f"workers must be at least 1, max_waiting and nice at least 0, "
+                             f"got {workers}, {max_waiting}, {nice}")
         self.workers, self.max_waiting = workers, max_waiting
         self._admitted = 0  # running or waiting
         self._slots = asyncio.Semaphore(workers)
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self.priority = thread_priority() + nice
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=set_thread_priority,
+                                            initargs=(self.priority,))
 
     @property
     def admitted(self) -> int:
@@ -50,3 +62,19 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def thread_priority() -> int:
+    """The calling thread's nice value (Linux; 0 elsewhere)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform == "linux" else 0
+
+
+def set_thread_priority(nice: int) -> None:
+    """Set the calling thread's nice value (at most 19): on Linux, where ``setpriority`` with a thread
+    id changes that thread only; elsewhere it would change the process (or another one): nothing."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(nice, 19))
+    except OSError as exc:  # a container that forbids it: the pool still works, at the same priority
+        log.warning("could not lower the priority of the heavy-work threads: %s", exc)

@@ -18,12 +18,14 @@ import torch
 from medcls.config import Config, EvalConfig, config_from_dict
 from medcls.core.io import atomic_write_json
 from medcls.data.prepared import PreparedData, prepare_data
+from medcls.inference.saved_run import checkpoint_data, resolve_checkpoint
 from medcls.metrics.calibration import fit_temperature
 from medcls.metrics.ordinal import fit_cutpoints
 from medcls.metrics.threshold import choose_threshold
 from medcls.models.checkpoint import ModelInfo, OODState, load_checkpoint, save_checkpoint
 from medcls.models.inference import batch_logits, logits_to_probs
-from medcls.ood.detector import fit_ood
+from medcls.ood.detector import METHODS, fit_ood
+from medcls.stress.operating import describe, stressed_logits
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +83,23 @@ def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, ordi
 
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
     """Fit temperature (if ``eval.calibrate``), threshold (binary, by ``eval.threshold_rule``) and
-    the OOD detector of ``net`` on ``data``'s validation split; ``net`` is left unchanged."""
+    the OOD detector of ``net`` on ``data``'s validation split (the decision with its stressed
+    copies too when ``eval.threshold_on=stressed``); ``net`` is left unchanged."""
     val_labels = data.labels["val"]
     if not len(val_labels):
         return Calibration(1.0, 0.5, "argmax", "no validation split: defaults", None, 0)
-    val_logits = batch_logits(net, data.images("val"), cfg.data.batch_size, tta=cfg.eval.tta)
-    decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
+    images = data.images("val")
+
+    def logits_of(x: np.ndarray) -> np.ndarray:
+        return batch_logits(net, x, cfg.data.batch_size, tta=cfg.eval.tta)
+
+    val_logits = logits_of(images)
+    if cfg.eval.threshold_on == "stressed":
+        pooled_logits, pooled_labels = stressed_logits(logits_of, images, val_labels, val_logits)
+        decision = fit_decision(pooled_logits, pooled_labels, cfg.eval, data.index.ordinal,
+                                on=f"validation and its copies under {describe()}")
+    else:
+        decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
     ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
                   cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
@@ -96,11 +109,11 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
 
 def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,
                   target_sensitivity: float | None = None, quiet: bool = False,
-                  ordinal_decision: str | None = None) -> Calibration:
+                  ordinal_decision: str | None = None, threshold_on: str | None = None) -> Calibration:
     """Refit the calibration of the finished run ``run`` on its frozen validation split (its
     ``manifest.csv``) and rewrite its ``model.pt``; the weights are not touched. ``threshold_rule``
-    / ``target_sensitivity`` / ``ordinal_decision`` replace the run's ``eval`` settings (recorded in
-    the checkpoint's config)."""
+    / ``target_sensitivity`` / ``ordinal_decision`` / ``threshold_on`` replace the run's ``eval``
+    settings (recorded in the checkpoint's config)."""
     run = Path(run)
     ckpt, manifest = run / "model.pt", run / "manifest.csv"
     if not ckpt.is_file() or not manifest.is_file():
@@ -113,6 +126,8 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
         cfg.eval.target_sensitivity = target_sensitivity
     if ordinal_decision is not None:
         cfg.eval.ordinal_decision = ordinal_decision
+    if threshold_on is not None:
+        cfg.eval.threshold_on = threshold_on
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
         data_cfg.root = str(data_root)
@@ -125,6 +140,37 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
     log.info("calibrated %s on %d validation images: %s; temperature %.3f", run, calibration.n_val,
              calibration.threshold_reason, calibration.temperature)
     return calibration
+
+
+def refit_ood(model: str | Path, method: str | None = None, data_root: str | Path | None = None,
+              out: str | Path | None = None, quiet: bool = False) -> OODState:
+    """Refit only the out-of-distribution detector of a saved model (checkpoint or run folder) by
+    ``method`` (default: its ``eval.ood_method``) on the training and validation images it was
+    trained on (its run's frozen split, or the one its config makes; the test split is checked
+    against the recorded one, never used), flagging the model's share of validation; writes
+    ``out`` (default: the model file itself). Weights, threshold and temperature are not touched,
+    so a re-shipped network gets its detector by this one call."""
+    ckpt = resolve_checkpoint(model)[0]
+    net, info = load_checkpoint(ckpt)
+    if info.site is not None and info.site.adaptation is not None:
+        raise CalibrationError(f"{ckpt} was adapted to a site (medcls adapt): its features no longer match its "
+                               f"training images; refit the detector on the model before adapting")
+    cfg = config_from_dict(info.config)
+    cfg.eval.ood_method = method or cfg.eval.ood_method
+    if cfg.eval.ood_method not in METHODS:  # before the images are read
+        raise CalibrationError(f"unknown OOD method {cfg.eval.ood_method!r} (known: {', '.join(METHODS)})")
+    flag_rate = info.ood.flag_rate if info.ood is not None else cfg.eval.ood_flag_rate
+    data = checkpoint_data(ckpt, info, data_root, quiet=quiet)
+    if not len(data.labels["val"]):
+        raise CalibrationError(f"{ckpt}: no validation split to set the OOD threshold on")
+    ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), flag_rate,
+                  cfg.eval.ood_method, cfg.data.batch_size, info.tta,
+                  cfg.augment if cfg.eval.ood_augmented else None).to_state()
+    save_checkpoint(out if out is not None else ckpt, net, dataclasses.replace(info, ood=ood, config=cfg.to_dict()))
+    log.info("OOD detector of %s refitted (%s) on %d training and %d validation images: threshold %.4f flags %.0f%% "
+             "of validation", ckpt, ood.method, len(data.labels["train"]), len(data.labels["val"]), ood.threshold,
+             100 * flag_rate)
+    return ood
 
 
 def record_calibration(run: Path, calibration: Calibration) -> None:
