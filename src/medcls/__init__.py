@@ -51,6 +51,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["Config", "load_config", "Predictor", "__version__", "inspect", "audit", "train", "resume", "recalibrate",
-           "calibrate", "adapt", "evaluate", "stress", "predict", "explain", "report", "compare", "export", "serve",
-           "run"]
+           "refit_ood", "calibrate", "adapt", "evaluate", "stress", "predict", "explain", "report", "compare",
+           "export", "serve", "run"]
 _API = frozenset(__all__) - {"Config", "load_config", "Predictor", "__version__"}  # the functions of medcls.api
