@@ -81,6 +81,14 @@ def fit_decision(logits: np.ndarray, labels: np.ndarray, rules: EvalConfig, ordi
     return Decision(temperature, 0.5, "argmax", "argmax of class probabilities")
 
 
+def fit_detector(net: torch.nn.Module, cfg: Config, data: PreparedData, flag_rate: float, tta: bool) -> OODState:
+    """The OOD detector of ``net`` by ``cfg.eval.ood_method``, fitted on ``data``'s training images
+    (with augmented copies if ``eval.ood_augmented``), its threshold flagging ``flag_rate`` of validation."""
+    return fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), flag_rate,
+                   cfg.eval.ood_method, cfg.data.batch_size, tta,
+                   cfg.augment if cfg.eval.ood_augmented else None).to_state()
+
+
 def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Calibration:
     """Fit temperature (if ``eval.calibrate``), threshold (binary, by ``eval.threshold_rule``) and
     the OOD detector of ``net`` on ``data``'s validation split (the decision with its stressed
@@ -100,9 +108,7 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
                                 on=f"validation and its copies under {describe()}")
     else:
         decision = fit_decision(val_logits, val_labels, cfg.eval, data.index.ordinal)
-    ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), cfg.eval.ood_flag_rate,
-                  cfg.eval.ood_method, cfg.data.batch_size, cfg.eval.tta,
-                  cfg.augment if cfg.eval.ood_augmented else None).to_state()
+    ood = fit_detector(net, cfg, data, cfg.eval.ood_flag_rate, cfg.eval.tta)
     return Calibration(decision.temperature, decision.threshold, decision.rule, decision.reason, ood,
                        int(len(val_labels)), decision.cutpoints)
 
@@ -120,14 +126,9 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
         raise CalibrationError(f"{run} is not a finished run folder (needs model.pt and manifest.csv)")
     net, info = load_checkpoint(ckpt)
     cfg = config_from_dict(info.config)
-    if threshold_rule is not None:
-        cfg.eval.threshold_rule = threshold_rule
-    if target_sensitivity is not None:
-        cfg.eval.target_sensitivity = target_sensitivity
-    if ordinal_decision is not None:
-        cfg.eval.ordinal_decision = ordinal_decision
-    if threshold_on is not None:
-        cfg.eval.threshold_on = threshold_on
+    overrides = dict(threshold_rule=threshold_rule, target_sensitivity=target_sensitivity,
+                     ordinal_decision=ordinal_decision, threshold_on=threshold_on)
+    cfg.eval = dataclasses.replace(cfg.eval, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
         data_cfg.root = str(data_root)
@@ -163,9 +164,7 @@ def refit_ood(model: str | Path, method: str | None = None, data_root: str | Pat
     data = checkpoint_data(ckpt, info, data_root, quiet=quiet)
     if not len(data.labels["val"]):
         raise CalibrationError(f"{ckpt}: no validation split to set the OOD threshold on")
-    ood = fit_ood(net, data.images("train"), data.labels["train"], data.images("val"), flag_rate,
-                  cfg.eval.ood_method, cfg.data.batch_size, info.tta,
-                  cfg.augment if cfg.eval.ood_augmented else None).to_state()
+    ood = fit_detector(net, cfg, data, flag_rate, info.tta)
     save_checkpoint(out if out is not None else ckpt, net, dataclasses.replace(info, ood=ood, config=cfg.to_dict()))
     log.info("OOD detector of %s refitted (%s) on %d training and %d validation images: threshold %.4f flags %.0f%% "
              "of validation", ckpt, ood.method, len(data.labels["train"]), len(data.labels["val"]), ood.threshold,
