@@ -406,8 +406,9 @@ def multipart(n: int) -> tuple[bytes, bytes]:
 
 
 def test_the_work_of_a_client_who_left_is_cancelled(tiny_run, predictor, monkeypatch, caplog):
-    """#20 item 2: a client that sends 16 images and hangs up while the first batch runs gets no more
-    batches run for it, and its leaving is one log line, as is leaving during an upload."""
+    """#20 item 2: a client that sends 16 images and hangs up while the first batch decodes gets no more
+    batches run for it, nor that batch through the model, and its leaving is one log line, as is
+    leaving during an upload."""
     gate, calls = threading.Event(), []
     real_preprocess = predictor.preprocess
 
@@ -416,7 +417,15 @@ def test_the_work_of_a_client_who_left_is_cancelled(tiny_run, predictor, monkeyp
         gate.wait(60)
         return real_preprocess(data)
 
+    run_through_model = []
+    real_predict_rows = predictor.predict_rows
+
+    def predicted(images, names):
+        run_through_model.extend(names)
+        return real_predict_rows(images, names)
+
     monkeypatch.setattr(predictor, "preprocess", counted)
+    monkeypatch.setattr(predictor, "predict_rows", predicted)
     app = make_app(tiny_run, predictor, max_batch=4)
     body, content_type = multipart(16)
     port = None
@@ -431,6 +440,8 @@ def test_the_work_of_a_client_who_left_is_cancelled(tiny_run, predictor, monkeyp
         with httpx.Client(base_url=url, timeout=60) as c:  # the next client is served at once
             assert c.post("/v1/predict", files=files(("a.png", SMALL))).status_code == 200
         assert len(calls) == 4 + 1  # the batch that had started, then the next client's image
+        # the started batch was decoded after its client left: not run through the model
+        assert run_through_model == ["warm-up", "a.png"]
 
         with socket.create_connection(("127.0.0.1", port)) as s:  # hangs up half-way through its upload
             s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + content_type +

@@ -17,6 +17,7 @@ an optional API key (:mod:`.security`). Each answer says where its time went (``
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -49,6 +50,7 @@ from medcls.serving.security import Guard, SecuritySettings
 from medcls.serving.timing import ServerTiming
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 STATIC = resources.files("medcls.serving") / "static"
 FIELD = "file"
 PREVIEW_SIZE = 512
@@ -224,15 +226,16 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         settings = replace(settings, max_batch=AUTO_BATCH.get(predictor.backend.name, 1))
     info = predictor.info
 
-    def run_uploads(items: list[tuple[str, bytes]]) -> list:
+    def run_uploads(items: list[tuple[str, bytes | np.ndarray, threading.Event]]) -> list:
         """Decode (but for large images, decoded on the heavy pool) and predict uploads in the
         batch worker (one thread hop per image): a
         (prediction, :class:`BatchCost`) per image; an unreadable image becomes its own 422,
-        the others are still predicted."""
+        the others are still predicted. The images of requests whose client left while the batch
+        was decoding (their ``gone`` event set) are not run through the model."""
         started = time.perf_counter()
         results: list = [None] * len(items)
         images, names, where = [], [], []
-        for i, (name, data) in enumerate(items):
+        for i, (name, data, _) in enumerate(items):
             try:  # a large image comes decoded (on the heavy pool)
                 images.append(data if isinstance(data, np.ndarray) else predictor.preprocess(data))
             except ImageLoadError as exc:
@@ -240,6 +243,10 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
                 continue
             names.append(name)
             where.append(i)
+        live = [k for k, i in enumerate(where) if not items[i][2].is_set()]
+        if len(live) < len(where):
+            log.info("%d decoded images of clients who left were not run", len(where) - len(live))
+            images, names, where = [images[k] for k in live], [names[k] for k in live], [where[k] for k in live]
         decoded = time.perf_counter()
         rows = predictor.predict_rows(np.stack(images), names) if images else []
         cost = BatchCost(started, decoded - started, time.perf_counter() - decoded, len(items))
@@ -306,7 +313,11 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         uploads = [(name, await decode(name, data, predictor.preprocess, heavy, timing, "large")
                     if n > SHRINK_ABOVE else data) for (name, data), n in zip(uploads, pixels)]
         submitted = time.perf_counter()
-        results = await batcher.submit_all(uploads)  # the first 422 fails all
+        gone = threading.Event()  # set when this handler ends, by an answer or its client leaving
+        try:
+            results = await batcher.submit_all([(name, data, gone) for name, data in uploads])  # the first 422 fails all
+        finally:
+            gone.set()
         latency_ms = (time.perf_counter() - submitted) * 1000
         rows = [row for row, _ in results]
         add_batch_timing(timing, submitted, [cost for _, cost in results])

@@ -1,6 +1,7 @@
 """Clients who leave: once a request's body is read, the connection is watched, and if the
 client goes away before its answer, the request's work is cancelled (waiting model
-batches and decodes are dropped, see :mod:`medcls.serving.batching`) and one line is
+batches and decodes are dropped, see :mod:`medcls.serving.batching`; images its batch was
+decoding when it left skip the model, see :mod:`medcls.serving.app`) and one line is
 logged instead of a traceback. A client that leaves during its upload ends the same way."""
 
 from __future__ import annotations
