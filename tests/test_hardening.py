@@ -595,8 +595,8 @@ def test_bulk_requests_do_not_fill_small_batches_and_still_get_their_turn():
 
 def test_heavy_work_runs_at_a_lower_priority_and_decodes_large_predictions(tiny_run, predictor, monkeypatch):
     """#20 item 9: previews, heat maps and the decoding of a large image sent to /v1/predict run on
-    the heavy pool, whose thread is HEAVY_NICE nice levels below the service (Linux), not in the
-    model's batch worker."""
+    the heavy pool, whose thread is HEAVY_NICE nice levels below the service (Linux; under SCHED_IDLE
+    with HEAVY_IDLE), not in the model's batch worker."""
     import medcls.serving.app as service
     from medcls.serving.pool import thread_priority
 
@@ -609,6 +609,8 @@ def test_heavy_work_runs_at_a_lower_priority_and_decodes_large_predictions(tiny_
 
     def thumbnail(*args):
         seen.setdefault("preview", set()).add((threading.current_thread().name, thread_priority()))
+        if sys.platform == "linux":
+            seen["preview policy"] = os.sched_getscheduler(threading.get_native_id())
         return real_thumbnail(*args)
 
     monkeypatch.setattr(predictor, "preprocess", preprocess)
@@ -623,6 +625,8 @@ def test_heavy_work_runs_at_a_lower_priority_and_decodes_large_predictions(tiny_
     lower = min(19, thread_priority() + service.HEAVY_NICE) if sys.platform == "linux" else 0
     [(heavy, priority)] = seen["preview"]
     assert heavy.startswith("medcls-heavy") and priority == lower
+    if sys.platform == "linux":  # and only on CPU time the service leaves
+        assert seen["preview policy"] == (os.SCHED_IDLE if service.HEAVY_IDLE else os.SCHED_OTHER)
     assert {name.split("_")[0] for name, _ in seen["predict"]} == {"medcls-heavy", "medcls-batch"}
     assert {p for name, p in seen["predict"] if name.startswith("medcls-heavy")} == {lower}
     assert {p for name, p in seen["predict"] if name.startswith("medcls-batch")} == {thread_priority()}
