@@ -312,7 +312,7 @@ def make_app(tiny_run, predictor=None, **settings):
 
 def test_security_headers_hosts_and_api_key(tiny_run):
     """#20 item 8: nosniff and a CSP that fits the page on every answer, a foreign Host refused
-    (DNS rebinding), the /v1/ endpoints behind the API key; the page, /healthz and docs open."""
+    (DNS rebinding), the /v1/ endpoints and /metrics behind the API key; the page, /healthz and docs open."""
     from medcls.serving.security import SecuritySettings
 
     app = make_app(tiny_run, security=SecuritySettings.for_bind("127.0.0.1", api_key="s3cret"))
@@ -331,6 +331,8 @@ def test_security_headers_hosts_and_api_key(tiny_run):
         assert refused.headers["www-authenticate"] == "Bearer" and refused.headers["x-content-type-options"]
         assert c.get("/v1/model", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/v1/model", headers={"X-API-Key": "s3cret"}).json()["model_id"] == "tiny"
+        assert c.get("/metrics").status_code == 401  # the site's prediction mix: behind the key too
+        assert "medcls_requests_total" in c.get("/metrics", headers={"Authorization": "Bearer s3cret"}).text
         res = c.post("/v1/predict", files=files(("a.png", SMALL)), headers={"Authorization": "Bearer s3cret"})
         assert res.status_code == 200 and res.headers["content-security-policy"] == csp
 

@@ -2,8 +2,8 @@
 Content-Security-Policy that fits the page: its own scripts, styles and ``blob:`` images
 only, never framed), a ``Host`` check against DNS rebinding (a foreign web page resolving
 its own name to 127.0.0.1 would otherwise reach a loopback service from the browser), and
-an optional API key for the ``/v1/`` endpoints (``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``)."""
+an optional API key for the ``/v1/`` endpoints and ``/metrics`` (``Authorization: Bearer KEY``
+or ``X-API-Key: KEY``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from medcls.serving.limits import problem
 
 API_KEY_ENV = "MEDCLS_API_KEY"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-PROTECTED = "/v1/"  # the page, its static files, /healthz and the API docs stay open
+# /metrics too: it tells the site's prediction mix and flag rate (Prometheus scrapes with a bearer
+# token); the page, its static files, /healthz (liveness probes) and the API docs stay open
+PROTECTED = ("/v1/", "/metrics")
 
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
