@@ -49,7 +49,12 @@ def quick_overrides(out_dir: Path, root: Path = XRAY, limit: int = 100, size: in
     return [f"data.root={root}", f"data.limit_per_class={limit}", f"data.image_size={size}",
             "model.kwargs.padding=same", f"train.epochs={epochs}", "train.early_stopping_patience=0",
             f"output_dir={out_dir}", "eval.bootstrap=200", "augment.rotation=5",
-            "eval.stress_limit=8"]  # evaluate's stress test on 8 validation images per class: seconds, not minutes
+            "eval.stress_limit=8",  # evaluate's stress test on 8 validation images per class: seconds, not minutes
+            # the operating point on validation alone: eight times fewer passes; the stressed fit has its own test
+            "eval.threshold_on=validation",
+            # no random resized crops: at 64 px, 200 images and 3 epochs they leave validation AUC near 0.67
+            # (the preset needs its 14 epochs); the crops have their own tests
+            "augment.crop_scale=1.0", "augment.crop_aspect=0"]
 
 
 def assert_switch_keeps_weights(out_dir: Path, root: Path, switch: str, size: int) -> None:

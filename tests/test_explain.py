@@ -59,15 +59,19 @@ def test_binary_maps_have_the_image_size_and_depend_on_the_input(trained_run, tm
 
 
 def test_plain_gradcam_splits_a_single_logit_between_the_classes(trained_run, tmp_path):
-    """With one logit, Grad-CAM of class 0 is the negated map of class 1, so their
-    supports are disjoint and together cover the evidence of both sides."""
+    """With one logit, Grad-CAM of class 0 is the negated map of class 1: on the feature map their
+    supports are disjoint; resized to the image (bilinear) they meet only where they fade, so no
+    pixel is strong in both and two non-empty maps are anti-correlated; together they cover the evidence
+    of both sides."""
     explainer = Explainer.from_checkpoint(trained_run, method="gradcam")
     sources = [_odd_sized_copy(XRAY_PAIR[0], tmp_path / "odd.png"), XRAY_PAIR[1]]
     negative, positive = (explainer.explain(sources, classes=[k, k]) for k in (0, 1))
     assert negative[0].cam.shape == positive[0].cam.shape == (190, 300)
     both = [n.cam + p.cam for n, p in zip(negative, positive)]
     for n, p, union in zip(negative, positive, both):
-        assert not ((n.cam > 0.05) & (p.cam > 0.05)).any()
+        assert not ((n.cam > 0.5) & (p.cam > 0.5)).any()
+        if n.cam.std() > 0.01 and p.cam.std() > 0.01:  # (one map is empty where the logit's gradient has one sign)
+            assert np.corrcoef(n.cam.ravel(), p.cam.ravel())[0, 1] < -0.3
         assert union.std() > 0.01
     small = [np.asarray(Image.fromarray(u).resize((64, 64))) for u in both]
     assert np.abs(small[0] - small[1]).mean() > 0.02

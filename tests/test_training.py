@@ -127,6 +127,18 @@ def test_recalibrating_a_finished_run_reproduces_training_then_takes_a_new_rule(
     probs = logits_to_probs(batch_logits(net2, data.images("val"), 32, tta=info.tta), info.temperature)[:, 1]
     assert binary_metrics(data.labels["val"], probs, info.threshold)["recall"] >= target
     assert json.loads((run / "training.json").read_text())["threshold"] == info.threshold
+
+    # test-time augmentation switched on for the trained weights: the model predicts with it and its
+    # temperature is fitted on the augmented validation logits
+    from medcls.metrics.calibration import fit_temperature
+
+    assert not info.tta
+    with_tta = recalibrate(run, tta=True, quiet=True)
+    net3, info3 = load_checkpoint(run)
+    assert info3.tta and config_from_dict(info3.config).eval.tta
+    tta_logits = batch_logits(net3, data.images("val"), 32, tta=True)
+    assert with_tta.temperature == pytest.approx(fit_temperature(tta_logits, data.labels["val"]), rel=1e-5)
+    assert with_tta.temperature != pytest.approx(strict.temperature, rel=1e-5)
     with pytest.raises(CalibrationError, match="not a finished run folder"):
         recalibrate(tmp_path)
 

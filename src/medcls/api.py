@@ -58,14 +58,16 @@ def resume(run: str | Path, data_root: str | Path | None = None, quiet: bool = F
 
 def recalibrate(run: str | Path, data_root: str | Path | None = None, threshold_rule: Optional[str] = None,
                 target_sensitivity: Optional[float] = None, quiet: bool = False,
-                ordinal_decision: Optional[str] = None, threshold_on: Optional[str] = None) -> Calibration:
+                ordinal_decision: Optional[str] = None, threshold_on: Optional[str] = None,
+                tta: Optional[bool] = None) -> Calibration:
     """Refit a finished run's temperature, threshold (or ordinal cut-points) and OOD detector on its
     validation split (``threshold_on="stressed"``: with its stressed copies too), without retraining
-    (optionally with another rule); rewrites its ``model.pt``."""
+    (optionally with another rule, or with test-time augmentation switched on or off); rewrites its
+    ``model.pt``."""
     from medcls.training.calibrate import calibrate_run
 
     return calibrate_run(run, data_root, threshold_rule, target_sensitivity, quiet=quiet,
-                         ordinal_decision=ordinal_decision, threshold_on=threshold_on)
+                         ordinal_decision=ordinal_decision, threshold_on=threshold_on, tta=tta)
 
 
 def refit_ood(model: str | Path, method: Optional[str] = None, data_root: str | Path | None = None,

@@ -115,7 +115,7 @@ def cmd_recalibrate(args) -> int:
     _tune_process()
     cal = recalibrate(args.run, data_root=args.data, threshold_rule=args.threshold_rule,
                       target_sensitivity=args.target_sensitivity, ordinal_decision=args.ordinal_decision,
-                      threshold_on=args.threshold_on)
+                      threshold_on=args.threshold_on, tta=args.tta)
     print(f"recalibrated {args.run}/model.pt on {cal.n_val} validation images: {cal.threshold_reason}; "
           f"temperature {cal.temperature:.3f}")
     return 0
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-on", choices=["validation", "stressed"],
                    help="fit the operating point on validation alone or with its copies under plausible "
                         "site shifts (default: the run's eval.threshold_on)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="switch test-time augmentation on (or off) for the model, its decisions fitted "
+                        "on the augmented validation logits (default: the run's eval.tta)")
     p.set_defaults(fn=cmd_recalibrate)
 
     p = sub.add_parser("refit-ood", help="refit only a model's out-of-distribution detector on the training and "

@@ -115,11 +115,13 @@ def fit_calibration(net: torch.nn.Module, cfg: Config, data: PreparedData) -> Ca
 
 def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshold_rule: str | None = None,
                   target_sensitivity: float | None = None, quiet: bool = False,
-                  ordinal_decision: str | None = None, threshold_on: str | None = None) -> Calibration:
+                  ordinal_decision: str | None = None, threshold_on: str | None = None,
+                  tta: bool | None = None) -> Calibration:
     """Refit the calibration of the finished run ``run`` on its frozen validation split (its
     ``manifest.csv``) and rewrite its ``model.pt``; the weights are not touched. ``threshold_rule``
-    / ``target_sensitivity`` / ``ordinal_decision`` / ``threshold_on`` replace the run's ``eval``
-    settings (recorded in the checkpoint's config)."""
+    / ``target_sensitivity`` / ``ordinal_decision`` / ``threshold_on`` / ``tta`` replace the run's
+    ``eval`` settings (recorded in the checkpoint's config; ``tta`` also switches the model's
+    test-time augmentation, its decisions then fitted on the augmented logits)."""
     run = Path(run)
     ckpt, manifest = run / "model.pt", run / "manifest.csv"
     if not ckpt.is_file() or not manifest.is_file():
@@ -127,7 +129,7 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
     net, info = load_checkpoint(ckpt)
     cfg = config_from_dict(info.config)
     overrides = dict(threshold_rule=threshold_rule, target_sensitivity=target_sensitivity,
-                     ordinal_decision=ordinal_decision, threshold_on=threshold_on)
+                     ordinal_decision=ordinal_decision, threshold_on=threshold_on, tta=tta)
     cfg.eval = dataclasses.replace(cfg.eval, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = dataclasses.replace(cfg.data, image_size=info.image_size, color_mode=info.color_mode)
     if data_root is not None:
@@ -136,7 +138,7 @@ def calibrate_run(run: str | Path, data_root: str | Path | None = None, threshol
     if not len(data.labels["val"]):
         raise CalibrationError(f"{run} has no validation split to calibrate on")
     calibration = fit_calibration(net, cfg, data)
-    save_checkpoint(ckpt, net, dataclasses.replace(calibration.apply(info), config=cfg.to_dict()))
+    save_checkpoint(ckpt, net, dataclasses.replace(calibration.apply(info), config=cfg.to_dict(), tta=cfg.eval.tta))
     record_calibration(run, calibration)
     log.info("calibrated %s on %d validation images: %s; temperature %.3f", run, calibration.n_val,
              calibration.threshold_reason, calibration.temperature)
