@@ -498,41 +498,45 @@ class GatedBatches:
         self.batches.append(items)
         return items
 
-    async def first_running(self, batcher):
-        """Start ``batcher`` and submit "first"; returns once its batch runs (and blocks)."""
+    def play(self, scene, **batcher_kwargs):
+        """Run ``scene(batcher, first)`` against a MicroBatcher over this function, once its batch
+        of "first" is running (and blocked); the batcher is stopped whatever the scene does."""
         import asyncio
 
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit("first"))
-        while not self.started.is_set():
-            await asyncio.sleep(0.01)
-        return first
+        from medcls.serving.batching import MicroBatcher
+
+        async def staged():
+            batcher = MicroBatcher(self, **batcher_kwargs)
+            batcher.start()
+            try:
+                first = asyncio.ensure_future(batcher.submit("first"))
+                while not self.started.is_set():
+                    await asyncio.sleep(0.01)
+                return await scene(batcher, first)
+            finally:
+                await batcher.stop()
+
+        return asyncio.run(staged())
 
 
 def test_batcher_serves_the_smallest_request_first_and_bounds_its_line():
     """One image does not wait behind another client's sixteen; a full line refuses at once."""
     import asyncio
 
-    from medcls.serving.batching import MicroBatcher
     from medcls.serving.pool import Busy
 
     run = GatedBatches()
-    async def scenario():
-        batcher = MicroBatcher(run, max_batch=4, max_pending=18)
-        try:
-            first = await run.first_running(batcher)
-            big = asyncio.ensure_future(batcher.submit_all([f"big{i}" for i in range(16)]))
-            small = asyncio.ensure_future(batcher.submit("small"))
-            while batcher.pending < 18:
-                await asyncio.sleep(0.01)
-            with pytest.raises(Busy, match="at most 18"):
-                await batcher.submit("one too many")
-            run.gate.set()
-            return await first, await big, await small
-        finally:
-            await batcher.stop()
+    async def scene(batcher, first):
+        big = asyncio.ensure_future(batcher.submit_all([f"big{i}" for i in range(16)]))
+        small = asyncio.ensure_future(batcher.submit("small"))
+        while batcher.pending < 18:
+            await asyncio.sleep(0.01)
+        with pytest.raises(Busy, match="at most 18"):
+            await batcher.submit("one too many")
+        run.gate.set()
+        return await first, await big, await small
 
-    first, big, small = asyncio.run(scenario())
+    first, big, small = run.play(scene, max_batch=4, max_pending=18)
     assert first == "first" and small == "small" and big == [f"big{i}" for i in range(16)]
     assert run.batches[0] == ["first"] and run.batches[1][0] == "small"  # ahead of big's remaining twelve
 
@@ -563,29 +567,24 @@ def test_bulk_requests_do_not_fill_small_batches_and_still_get_their_turn():
     last sixteenth of the line, kept for small requests."""
     import asyncio
 
-    from medcls.serving.batching import PATIENCE, MicroBatcher
+    from medcls.serving.batching import PATIENCE
     from medcls.serving.pool import Busy
 
     run = GatedBatches()
-    async def scenario():
-        batcher = MicroBatcher(run, max_batch=4, max_pending=64)
-        try:
-            first = await run.first_running(batcher)
-            bulk = asyncio.ensure_future(batcher.submit_all([f"bulk{i}" for i in range(6)]))
-            singles = [asyncio.ensure_future(batcher.submit(f"s{i}")) for i in range(4 * PATIENCE + 2)]
-            while batcher.pending < 1 + 6 + len(singles):
-                await asyncio.sleep(0.01)
-            with pytest.raises(Busy, match="at most 60"):  # 64 less the sixteenth kept for small requests
-                await batcher.submit_all([f"x{i}" for i in range(64 - batcher.pending - 1)])
-            small = asyncio.ensure_future(batcher.submit("small"))  # ... where a small request still gets in
-            while batcher.pending < 1 + 6 + len(singles) + 1:
-                await asyncio.sleep(0.01)
-            run.gate.set()
-            return await first, await bulk, await asyncio.gather(*singles, small)
-        finally:
-            await batcher.stop()
+    async def scene(batcher, first):
+        bulk = asyncio.ensure_future(batcher.submit_all([f"bulk{i}" for i in range(6)]))
+        singles = [asyncio.ensure_future(batcher.submit(f"s{i}")) for i in range(4 * PATIENCE + 2)]
+        while batcher.pending < 1 + 6 + len(singles):
+            await asyncio.sleep(0.01)
+        with pytest.raises(Busy, match="at most 60"):  # 64 less the sixteenth kept for small requests
+            await batcher.submit_all([f"x{i}" for i in range(64 - batcher.pending - 1)])
+        small = asyncio.ensure_future(batcher.submit("small"))  # ... where a small request still gets in
+        while batcher.pending < 1 + 6 + len(singles) + 1:
+            await asyncio.sleep(0.01)
+        run.gate.set()
+        return await first, await bulk, await asyncio.gather(*singles, small)
 
-    first, bulk, singles = asyncio.run(scenario())
+    first, bulk, singles = run.play(scene, max_batch=4, max_pending=64)
     assert bulk == [f"bulk{i}" for i in range(6)] and singles == [f"s{i}" for i in range(4 * PATIENCE + 2)] + ["small"]
     batches = run.batches
     assert batches[0] == ["first"]

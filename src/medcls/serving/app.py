@@ -236,23 +236,20 @@ def create_app(predictor: Predictor, model_id: str, settings: ServiceSettings | 
         was decoding (their ``gone`` event set) are not run through the model."""
         started = time.perf_counter()
         results: list = [None] * len(items)
-        images, names, where = [], [], []
+        ready = []  # (index, name, decoded image)
         for i, (name, data, _) in enumerate(items):
             try:  # a large image comes decoded (on the heavy pool)
-                images.append(data if isinstance(data, np.ndarray) else predictor.preprocess(data))
+                ready.append((i, name, data if isinstance(data, np.ndarray) else predictor.preprocess(data)))
             except ImageLoadError as exc:
                 results[i] = unreadable(name, exc)
-                continue
-            names.append(name)
-            where.append(i)
-        live = [k for k, i in enumerate(where) if not items[i][2].is_set()]
-        if len(live) < len(where):
-            log.info("%d decoded images of clients who left were not run", len(where) - len(live))
-            images, names, where = [images[k] for k in live], [names[k] for k in live], [where[k] for k in live]
+        live = [entry for entry in ready if not items[entry[0]][2].is_set()]
+        if len(live) < len(ready):
+            log.info("%d decoded images of clients who left were not run", len(ready) - len(live))
         decoded = time.perf_counter()
-        rows = predictor.predict_rows(np.stack(images), names) if images else []
+        rows = predictor.predict_rows(np.stack([image for _, _, image in live]),
+                                      [name for _, name, _ in live]) if live else []
         cost = BatchCost(started, decoded - started, time.perf_counter() - decoded, len(items))
-        for i, row in zip(where, rows):
+        for (i, _, _), row in zip(live, rows):
             results[i] = (row, cost)
         return results
 
